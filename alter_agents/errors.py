@@ -1,0 +1,226 @@
+"""Typed errors. Every error knows the tool-error payload a model receives.
+
+    AlterError                       internal
+     ├── ConfigurationError          internal
+     ├── InvalidArgumentsError       invalid_arguments
+     ├── UnknownProviderError        unknown_provider
+     ├── UnauthenticatedError        unauthenticated
+     ├── GrantError
+     │    ├── NotConnectedError      not_connected
+     │    ├── AmbiguousGrantError    ambiguous_grant
+     │    ├── GrantNotFoundError     grant_not_found
+     │    └── ReauthRequiredError    reauth_required
+     ├── HostNotAllowedError         host_not_allowed
+     ├── UpstreamError
+     │    ├── UpstreamTimeoutError   upstream_timeout
+     │    └── UpstreamUnreachableError upstream_unreachable
+     ├── ConnectError
+     │    ├── ConnectTimeoutError    connect_timeout
+     │    └── ConnectDeniedError     connect_denied
+     ├── RateLimitedError            rate_limited
+     └── VaultKeyError               internal (wrong or corrupt ALTER_VAULT_KEY)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+from alter_agents.models import AccountRef, ToolErrorBody, ToolErrorPayload
+
+UserAction = Literal["choose_account", "connect", "reauthorize", "fix_arguments", "retry_later", "none"]
+
+
+class AlterError(Exception):
+    """Base of every error raised by alter-agents."""
+
+    code: ClassVar[str] = "internal"
+    user_action: ClassVar[UserAction] = "none"
+    retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool | None = None,
+        user_action: UserAction | None = None,
+        **data: Any,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if retryable is not None:
+            self.retryable = retryable  # type: ignore[misc]
+        if user_action is not None:
+            self.user_action = user_action  # type: ignore[misc]
+        self.data: dict[str, Any] = {k: v for k, v in data.items() if v is not None}
+
+    def payload(self) -> ToolErrorPayload:
+        """The one error shape every surface renders (DESIGN §5)."""
+        body = ToolErrorBody(
+            code=self.code,
+            message=self.message,
+            retryable=self.retryable,
+            user_action=self.user_action,
+            **self.data,
+        )
+        return ToolErrorPayload(error=body)
+
+
+class ConfigurationError(AlterError):
+    """The deployment is misconfigured (missing client id, bad providers file, ...)."""
+
+
+class VaultKeyError(AlterError):
+    """The at-rest key cannot decrypt the store: wrong or corrupt `ALTER_VAULT_KEY`."""
+
+
+class InvalidArgumentsError(AlterError):
+    code = "invalid_arguments"
+    user_action = "fix_arguments"
+    retryable = True
+
+
+class UnknownProviderError(AlterError):
+    code = "unknown_provider"
+    user_action = "fix_arguments"
+    retryable = True
+
+    def __init__(self, provider: str, known: Sequence[str]) -> None:
+        super().__init__(
+            f"Unknown provider {provider!r}. Known providers: {', '.join(sorted(known))}.",
+            provider=provider,
+            known_providers=sorted(known),
+        )
+        self.provider = provider
+
+
+class UnauthenticatedError(AlterError):
+    code = "unauthenticated"
+    user_action = "none"
+
+
+class GrantError(AlterError):
+    """A grant could not be resolved for this call."""
+
+
+class NotConnectedError(GrantError):
+    code = "not_connected"
+    user_action = "connect"
+    retryable = True
+
+    def __init__(self, provider: str, *, account: str | None = None, connect_url: str | None = None) -> None:
+        which = f" for account {account!r}" if account else ""
+        super().__init__(
+            f"No {provider} account is connected{which}. Call connect with provider={provider!r}, "
+            "ask the user to finish in the browser, then call request again.",
+            provider=provider,
+            account=account,
+            connect_url=connect_url,
+        )
+        self.provider = provider
+
+
+class AmbiguousGrantError(GrantError):
+    code = "ambiguous_grant"
+    user_action = "choose_account"
+    retryable = True
+
+    def __init__(self, provider: str, accounts: Sequence[AccountRef]) -> None:
+        names = ", ".join(a.account for a in accounts)
+        super().__init__(
+            f"{len(accounts)} {provider} accounts are connected; call request again with account "
+            f"set to one of: {names}",
+            provider=provider,
+            accounts=[a.model_dump() for a in accounts],
+        )
+        self.provider = provider
+        self.accounts: list[AccountRef] = list(accounts)
+
+
+class GrantNotFoundError(GrantError):
+    code = "grant_not_found"
+    user_action = "fix_arguments"
+
+    def __init__(self, grant_id: str) -> None:
+        super().__init__(f"Grant {grant_id!r} was not found for this session.", grant_id=grant_id)
+
+
+class ReauthRequiredError(GrantError):
+    code = "reauth_required"
+    user_action = "reauthorize"
+    retryable = True
+
+    def __init__(self, provider: str, account: str | None, *, connect_url: str | None = None) -> None:
+        super().__init__(
+            f"The {provider} account {account or ''} must be reconnected (its authorization was revoked "
+            f"or expired). Call connect with provider={provider!r} and ask the user to approve again.",
+            provider=provider,
+            account=account,
+            connect_url=connect_url,
+        )
+        self.provider = provider
+
+
+class HostNotAllowedError(AlterError):
+    code = "host_not_allowed"
+    user_action = "fix_arguments"
+
+    def __init__(self, url: str, provider: str, hosts: Sequence[str], reason: str | None = None) -> None:
+        why = reason or f"its host is not one of {provider}'s API hosts ({', '.join(hosts)})"
+        super().__init__(
+            f"Refused to send the {provider} credential to {url}: {why}.",
+            provider=provider,
+            allowed_hosts=list(hosts),
+        )
+
+
+class UpstreamError(AlterError):
+    retryable = True
+    user_action = "retry_later"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    code = "upstream_timeout"
+
+
+class UpstreamUnreachableError(UpstreamError):
+    code = "upstream_unreachable"
+
+
+class ConnectError(AlterError):
+    """The OAuth connect flow did not complete."""
+
+
+class ConnectTimeoutError(ConnectError):
+    code = "connect_timeout"
+    user_action = "connect"
+    retryable = True
+
+
+class ConnectDeniedError(ConnectError):
+    code = "connect_denied"
+    user_action = "connect"
+
+
+class RateLimitedError(AlterError):
+    code = "rate_limited"
+    user_action = "retry_later"
+    retryable = True
+
+
+ERROR_CODES: tuple[str, ...] = (
+    "ambiguous_grant",
+    "not_connected",
+    "grant_not_found",
+    "reauth_required",
+    "host_not_allowed",
+    "unknown_provider",
+    "invalid_arguments",
+    "unauthenticated",
+    "upstream_timeout",
+    "upstream_unreachable",
+    "connect_timeout",
+    "connect_denied",
+    "rate_limited",
+    "internal",
+)

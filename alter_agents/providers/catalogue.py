@@ -1,0 +1,96 @@
+"""The provider catalogue: built-in specs merged with the user's TOML file and OAuth clients from env."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterator, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from alter_agents.errors import ConfigurationError, InvalidArgumentsError, UnknownProviderError
+from alter_agents.providers.spec import ProviderSpec
+
+
+def _builtin_entries() -> dict[str, dict[str, Any]]:
+    text = resources.files("alter_agents.providers").joinpath("catalogue.toml").read_text("utf-8")
+    return dict(tomllib.loads(text)["providers"])
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict) and key != "inject":
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class Providers:
+    """Read-only catalogue of provider specs, by name and by API host."""
+
+    def __init__(self, specs: Mapping[str, ProviderSpec]) -> None:
+        self._specs = dict(specs)
+
+    @classmethod
+    def load(cls, providers_file: str | Path | None = None, env: Mapping[str, str] | None = None) -> Providers:
+        """Built-ins, then `providers_file` (TOML, `[providers.NAME]` tables), then env client ids."""
+        env = os.environ if env is None else env
+        entries = _builtin_entries()
+        path = providers_file or env.get("ALTER_PROVIDERS_FILE")
+        if path:
+            try:
+                user = tomllib.loads(Path(path).read_text("utf-8")).get("providers", {})
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigurationError(f"Cannot read providers file {path}: {exc}") from exc
+            for name, override in user.items():
+                entries[name] = _merge(entries.get(name, {}), override)
+        specs: dict[str, ProviderSpec] = {}
+        for name, entry in entries.items():
+            prefix = f"ALTER_{name.upper().replace('-', '_')}_"
+            entry = dict(entry)
+            entry.setdefault("display_name", name.title())
+            if client_id := env.get(prefix + "CLIENT_ID"):
+                entry["client_id"] = client_id
+            if client_secret := env.get(prefix + "CLIENT_SECRET"):
+                entry["client_secret"] = client_secret
+            try:
+                specs[name] = ProviderSpec(name=name, **entry)
+            except ValidationError as exc:
+                raise ConfigurationError(f"Provider {name!r} is invalid: {exc}") from exc
+        return cls(specs)
+
+    def __iter__(self) -> Iterator[ProviderSpec]:
+        return iter(self._specs.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def get(self, name: str) -> ProviderSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise UnknownProviderError(name, list(self._specs)) from None
+
+    def for_host(self, host: str) -> ProviderSpec:
+        """The single provider that claims `host`; an error naming the candidates otherwise."""
+        claimants = [spec for spec in self._specs.values() if spec.claims_host(host)]
+        if len(claimants) == 1:
+            return claimants[0]
+        if not claimants:
+            raise InvalidArgumentsError(
+                f"No provider's API lives at {host}; set provider to one of: {', '.join(self.names())}.",
+                known_providers=self.names(),
+            )
+        names = sorted(spec.name for spec in claimants)
+        raise InvalidArgumentsError(
+            f"Several providers serve {host}; set provider to one of: {', '.join(names)}.",
+            candidates=names,
+        )

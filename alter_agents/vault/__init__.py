@@ -1,0 +1,7 @@
+"""The vault: resolves grants and releases credentials."""
+
+from alter_agents.vault.base import Vault
+from alter_agents.vault.identity import Identity, JWTVerifier
+from alter_agents.vault.local import LocalVault
+
+__all__ = ["Identity", "JWTVerifier", "LocalVault", "Vault"]

@@ -1,0 +1,47 @@
+"""The vault contract every surface relies on; LocalVault and RemoteVault both fulfil it."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from alter_agents.models import ConnectStart, ConnectStatus, Grant, ReleasedCredential
+from alter_agents.providers import Providers
+from alter_agents.vault.connect import ProgressCallback
+
+
+class Vault(Protocol):
+    providers: Providers
+
+    async def release_for(
+        self,
+        *,
+        url: str,
+        method: str = "GET",
+        provider: str | None = None,
+        user_token: str | None = None,
+        account: str | None = None,
+        label: str | None = None,
+        grant_id: str | None = None,
+    ) -> ReleasedCredential: ...
+
+    async def record_call(
+        self, grant: Grant, *, method: str, url: str, status: int | None, latency_ms: float | None,
+        principal: str | None, error: str | None = None, action: str = "call",
+    ) -> None: ...
+
+    async def list_grants(
+        self, *, user_token: str | None = None, provider: str | None = None, everyone: bool = False
+    ) -> list[Grant]: ...
+
+    async def start_connect(
+        self, provider: str, *, user_token: str | None = None, label: str | None = None,
+        scopes: list[str] | None = None, redirect_uri: str | None = None, headless: bool = False,
+    ) -> ConnectStart: ...
+
+    async def connect_status(self, session_id: str) -> ConnectStatus: ...
+
+    async def wait_connect(
+        self, session_id: str, timeout: float, on_progress: ProgressCallback | None = None
+    ) -> ConnectStatus: ...
+
+    async def aclose(self) -> None: ...

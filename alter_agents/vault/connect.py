@@ -1,0 +1,192 @@
+"""Connect flows: start an OAuth authorization, receive its redirect, store the resulting grant.
+
+Flow state lives in the store (keyed by the OAuth `state`), so the redirect may be received by
+another process or server replica than the one that started the flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import anyio
+import httpx
+
+from alter_agents.errors import AlterError, ConnectDeniedError, ConnectError, ConnectTimeoutError
+from alter_agents.models import ConnectResult, ConnectStart, ConnectStatus
+from alter_agents.providers import Providers
+from alter_agents.upstream import check_destination
+from alter_agents.vault import oauth
+from alter_agents.vault.crypto import Cipher
+from alter_agents.vault.loopback import LoopbackReceiver
+from alter_agents.vault.store import ConnectSessionRow, Store
+
+CONNECT_TTL_SECONDS = 600.0
+ProgressCallback = Callable[[float, str], Awaitable[None]]
+
+
+class ConnectFlows:
+    def __init__(self, store: Store, cipher: Callable[[], Cipher], providers: Providers,
+                 http: httpx.AsyncClient, public_url: str | None) -> None:
+        self._store = store
+        self._cipher = cipher
+        self._providers = providers
+        self._http = http
+        self._public_url = public_url
+        self._receivers: dict[str, LoopbackReceiver] = {}
+
+    @property
+    def callback_url(self) -> str | None:
+        return f"{self._public_url}/oauth/callback" if self._public_url else None
+
+    async def start(
+        self, provider: str, owner: str, *, label: str | None = None, scopes: list[str] | None = None,
+        redirect_uri: str | None = None, ttl: float = CONNECT_TTL_SECONDS,
+    ) -> ConnectStart:
+        spec = self._providers.get(provider)
+        if spec.kind != "oauth2":
+            raise ConnectError(
+                f"{provider} uses a managed secret, not OAuth; an operator adds it with "
+                f"`alter-agents secrets add {provider} ...`.",
+                provider=provider,
+            )
+        state = oauth.new_state()
+        verifier = oauth.new_code_verifier()
+        receiver: LoopbackReceiver | None = None
+        redirect_uri = redirect_uri or self.callback_url
+        if redirect_uri is None:
+            receiver = LoopbackReceiver(self._on_loopback_redirect(state))
+            await receiver.start()
+            redirect_uri = receiver.redirect_uri
+        url = oauth.authorization_url(spec, redirect_uri=redirect_uri, state=state, code_verifier=verifier,
+                                      scopes=scopes)
+        now = time.time()
+        await self._store.create_connect_session(ConnectSessionRow(
+            session_id=state, provider=provider, owner=owner, label=label, scopes=list(scopes or spec.scopes),
+            redirect_uri=redirect_uri, verifier=self._cipher().encrypt(verifier.encode(), state),
+            status="pending", result=None, error=None, created_at=now, expires_at=now + ttl,
+        ))
+        if receiver is not None:
+            self._receivers[state] = receiver
+            self._expire_receiver_later(state, ttl)
+        return ConnectStart(session_id=state, provider=provider, connect_url=url,
+                            expires_at=_dt(now + ttl))
+
+    def _on_loopback_redirect(self, state: str) -> Callable[[dict[str, str]], Awaitable[tuple[bool, str]]]:
+        async def handle(query: dict[str, str]) -> tuple[bool, str]:
+            if query.get("state") != state:
+                return False, "This redirect does not belong to the sign-in in progress."
+            return await self.complete(query)
+        return handle
+
+    def _expire_receiver_later(self, state: str, ttl: float) -> None:
+        async def expire() -> None:
+            receiver = self._receivers.get(state)
+            if receiver is None:
+                return
+            with anyio.move_on_after(ttl):
+                await receiver.done.wait()
+            await anyio.sleep(0.2)
+            await self._close_receiver(state)
+
+        task = asyncio.get_running_loop().create_task(expire())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _close_receiver(self, state: str) -> None:
+        receiver = self._receivers.pop(state, None)
+        if receiver is not None:
+            await receiver.close()
+
+    async def complete(self, query: dict[str, str]) -> tuple[bool, str]:
+        """Handle the authorization server's redirect; returns (finished, message for the browser)."""
+        state = query.get("state", "")
+        row = await self._store.get_connect_session(state) if state else None
+        if row is None:
+            return False, "Unknown or expired sign-in; start connect again."
+        if row.expires_at < time.time():
+            await self._store.finish_connect_session(state, "expired")
+            return False, "This sign-in expired; start connect again."
+        if not await self._store.claim_connect_session(state):
+            return True, "This sign-in was already completed; you can close this window."
+        if query.get("error"):
+            await self._store.finish_connect_session(state, "denied", error=query["error"])
+            return True, "Access was not granted. You can close this window."
+        try:
+            result = await self._exchange(row, query.get("code", ""))
+        except (AlterError, oauth.InvalidGrant) as exc:
+            await self._store.finish_connect_session(state, "error", error=str(exc))
+            return True, f"Sign-in failed: {exc}"
+        await self._store.finish_connect_session(state, "completed", result=result)
+        return True, f"Connected {row.provider} account {result.account}. You can close this window."
+
+    async def _exchange(self, row: ConnectSessionRow, code: str) -> ConnectResult:
+        spec = self._providers.get(row.provider)
+        verifier = self._cipher().decrypt(row.verifier, row.session_id).decode()
+        tokens = await oauth.exchange_code(self._http, spec, code=code, redirect_uri=row.redirect_uri,
+                                           code_verifier=verifier)
+        if spec.account is not None:
+            check_destination(spec.account.url, spec.name, spec.hosts, spec.allow_http)
+        account, display = await oauth.lookup_account(self._http, spec, tokens)
+        secret = json.dumps({"access_token": tokens.access_token, "refresh_token": tokens.refresh_token}).encode()
+        stored, created = await self._store.upsert_grant(
+            provider=spec.name, owner=row.owner, kind="oauth2", account=account, label=row.label,
+            display_name=display, scopes=tokens.scopes or row.scopes,
+            seal=lambda grant_id: self._cipher().encrypt(secret, grant_id), expires_at=tokens.expires_at,
+        )
+        await self._store.record("connect", principal=row.owner, grant_id=stored.grant.grant_id,
+                                 provider=spec.name, detail="creation" if created else "reauth")
+        grant = stored.grant
+        return ConnectResult(grant_id=grant.grant_id, provider=grant.provider, account=grant.account,
+                             label=grant.label, scopes=grant.scopes,
+                             operation="creation" if created else "reauth")
+
+    async def status(self, session_id: str) -> ConnectStatus:
+        row = await self._store.get_connect_session(session_id)
+        if row is None:
+            return ConnectStatus(status="error", error="unknown connect session")
+        if row.status == "completed" and row.result is not None:
+            return ConnectStatus(status="completed", results=[row.result])
+        if row.status in ("denied", "error", "expired"):
+            return ConnectStatus(status=row.status, error=row.error)  # type: ignore[arg-type]
+        if row.expires_at < time.time():
+            return ConnectStatus(status="expired")
+        return ConnectStatus(status="pending")
+
+    async def wait(self, session_id: str, timeout: float, on_progress: ProgressCallback | None = None,
+                   poll_interval: float = 0.25) -> ConnectStatus:
+        """Wait for the user to finish; raises on denial, error or timeout."""
+        started = time.monotonic()
+        status = await self.status(session_id)
+        while status.status == "pending":
+            elapsed = time.monotonic() - started
+            if elapsed >= timeout:
+                break
+            if on_progress is not None:
+                await on_progress(elapsed, "waiting for the user to finish signing in")
+            await anyio.sleep(min(poll_interval, max(timeout - elapsed, 0.01)))
+            status = await self.status(session_id)
+        if status.status == "completed":
+            return status
+        if status.status == "denied":
+            raise ConnectDeniedError("The user did not grant access.", provider=None)
+        if status.status == "pending":
+            raise ConnectTimeoutError(
+                f"The user did not finish signing in within {timeout:.0f}s; call connect again later "
+                "to see whether they finished.",
+            )
+        raise ConnectError(f"Connect failed: {status.error or status.status}.")
+
+    async def aclose(self) -> None:
+        for state in list(self._receivers):
+            await self._close_receiver(state)
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+_background: set[asyncio.Task[None]] = set()

@@ -1,0 +1,152 @@
+"""Verify end-user JWTs against the identity provider's JWKS.
+
+Only asymmetric algorithms are accepted, and each key only with the algorithms of its own type, so
+`alg: none` and HS256-signed-with-the-public-key tokens are refused before any signature check.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+import jwt
+from jwt import PyJWK, PyJWKSet
+from jwt.types import Options
+
+from alter_agents.errors import ConfigurationError, UnauthenticatedError
+
+_ALGORITHMS_BY_KTY: dict[str, tuple[str, ...]] = {
+    "RSA": ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"),
+    "EC": ("ES256", "ES384", "ES512"),
+    "OKP": ("EdDSA",),
+}
+LEEWAY_SECONDS = 30
+_MIN_REFETCH_INTERVAL = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A verified end user: their subject and the groups the JWT says they belong to."""
+
+    sub: str
+    groups: tuple[str, ...] = ()
+    claims: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def owners(self) -> list[str]:
+        """Principals whose grants this user may use: themself and each of their groups."""
+        return [f"user:{self.sub}", *(f"group:{g}" for g in self.groups)]
+
+
+class JWTVerifier:
+    """Verifies signature, `exp`/`nbf` (with leeway), `iss` and `aud`; caches the JWKS."""
+
+    def __init__(
+        self,
+        issuer: str,
+        audience: str | None,
+        jwks_url: str | None = None,
+        groups_claim: str = "groups",
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        self.groups_claim = groups_claim
+        self._jwks_url = jwks_url
+        self._http = http
+        self._keys: dict[str, PyJWK] = {}
+        self._fetched_at = 0.0
+        self._lock = anyio.Lock()
+
+    async def verify(self, token: str) -> Identity:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise UnauthenticatedError("The session token is not a well-formed JWT.") from None
+        alg = header.get("alg")
+        kid = header.get("kid")
+        key = await self._key_for(kid)
+        allowed = _ALGORITHMS_BY_KTY.get(str(key.key_type), ())
+        if alg not in allowed:
+            raise UnauthenticatedError(f"The session token's algorithm {alg!r} is not accepted.")
+        options: Options = {"require": ["exp", "iss", "sub"], "verify_aud": self.audience is not None}
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key=key.key,
+                algorithms=[alg],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=LEEWAY_SECONDS,
+                options=options,
+            )
+        except jwt.ExpiredSignatureError:
+            raise UnauthenticatedError("The session token has expired; sign in again.") from None
+        except jwt.InvalidTokenError as exc:
+            raise UnauthenticatedError(f"The session token was rejected: {exc}.") from None
+        return Identity(sub=str(claims["sub"]), groups=_groups(claims.get(self.groups_claim)), claims=claims)
+
+    async def _key_for(self, kid: str | None) -> PyJWK:
+        if not self._keys:
+            await self._refresh(force=True)
+        key = self._lookup(kid)
+        if key is None:
+            await self._refresh(force=False)
+            key = self._lookup(kid)
+        if key is None:
+            raise UnauthenticatedError("The session token was signed by an unknown key.")
+        return key
+
+    def _lookup(self, kid: str | None) -> PyJWK | None:
+        if kid is None:
+            return next(iter(self._keys.values())) if len(self._keys) == 1 else None
+        return self._keys.get(kid)
+
+    async def _refresh(self, *, force: bool) -> None:
+        """Refetch the JWKS: always when empty, else at most once per interval (unknown `kid`)."""
+        async with self._lock:
+            if not force and time.monotonic() - self._fetched_at < _MIN_REFETCH_INTERVAL:
+                return
+            if force and self._keys:
+                return
+            url = await self._resolve_jwks_url()
+            try:
+                response = await self._client().get(url, timeout=10.0)
+                response.raise_for_status()
+                jwks = PyJWKSet.from_dict(response.json())
+            except (httpx.HTTPError, ValueError, jwt.PyJWKSetError) as exc:
+                raise UnauthenticatedError(
+                    f"Could not load the identity provider's signing keys: {exc}", retryable=True
+                ) from None
+            self._fetched_at = time.monotonic()
+            self._keys = {k.key_id: k for k in jwks.keys if k.key_id}
+            if not self._keys and jwks.keys:
+                self._keys = {"": jwks.keys[0]}
+
+    async def _resolve_jwks_url(self) -> str:
+        if self._jwks_url:
+            return self._jwks_url
+        discovery = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        try:
+            response = await self._client().get(discovery, timeout=10.0)
+            response.raise_for_status()
+            self._jwks_url = str(response.json()["jwks_uri"])
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            raise ConfigurationError(f"OIDC discovery at {discovery} failed: {exc}") from None
+        return self._jwks_url
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient()
+        return self._http
+
+
+def _groups(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(v for v in value.replace(",", " ").split() if v)
+    if isinstance(value, Sequence):
+        return tuple(str(v) for v in value)
+    return ()

@@ -1,0 +1,331 @@
+"""LocalVault: the embedded vault. Resolves grants, refreshes and releases credentials in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import anyio
+import httpx
+
+from alter_agents.errors import (
+    AlterError,
+    GrantNotFoundError,
+    InvalidArgumentsError,
+    ReauthRequiredError,
+    UnauthenticatedError,
+    UpstreamUnreachableError,
+)
+from alter_agents.models import (
+    APP,
+    ConnectStart,
+    ConnectStatus,
+    Grant,
+    Principal,
+    ReleasedCredential,
+)
+from alter_agents.providers import Providers, ProviderSpec
+from alter_agents.settings import Settings
+from alter_agents.upstream import check_destination
+from alter_agents.vault import oauth
+from alter_agents.vault.connect import ConnectFlows, ProgressCallback
+from alter_agents.vault.crypto import Cipher, load_or_create_key
+from alter_agents.vault.identity import Identity, JWTVerifier
+from alter_agents.vault.resolve import choose, owned_by
+from alter_agents.vault.store import AuditEntry, Store, StoredGrant
+
+REFRESH_SKEW_SECONDS = 60.0
+REFRESH_LEASE_SECONDS = 30.0
+_KEY_CHECK = b"alter-agents key check"
+
+
+class LocalVault:
+    """The embedded vault over a SQLite file or PostgreSQL. Opened lazily on first use."""
+
+    def __init__(self, settings: Settings | None = None, *, providers: Providers | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.providers = providers or Providers.load(self.settings.providers_file)
+        self.store = Store(self.settings.vault_url)
+        self._http = httpx.AsyncClient()
+        self.verifier: JWTVerifier | None = None
+        if self.settings.idp_issuer:
+            self.verifier = JWTVerifier(
+                self.settings.idp_issuer, self.settings.idp_audience, self.settings.idp_jwks_url,
+                self.settings.idp_groups_claim, http=self._http,
+            )
+        self._cipher_obj: Cipher | None = None
+        self._open_lock = asyncio.Lock()
+        self._refresh_locks: dict[str, asyncio.Lock] = {}
+        self.connects = ConnectFlows(self.store, self._cipher, self.providers, self._http, self.settings.public_url)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create or upgrade the schema and check the at-rest key against the store."""
+        if self._cipher_obj is not None:
+            return
+        async with self._open_lock:
+            if self._cipher_obj is not None:
+                return
+            await self.store.migrate()
+            key = await anyio.to_thread.run_sync(
+                load_or_create_key, self.settings.vault_key, self.settings.resolved_key_file()
+            )
+            cipher = Cipher(key)
+            check = await self.store.set_meta_once("key_check", cipher.encrypt(_KEY_CHECK, "key_check"))
+            if cipher.decrypt(check, "key_check") != _KEY_CHECK:
+                raise AlterError("The vault key check failed.")
+            self._cipher_obj = cipher
+
+    def _cipher(self) -> Cipher:
+        if self._cipher_obj is None:
+            raise RuntimeError("vault not opened")
+        return self._cipher_obj
+
+    async def aclose(self) -> None:
+        await self.connects.aclose()
+        await self._http.aclose()
+        await self.store.close()
+
+    # -- identity ----------------------------------------------------------------------------
+
+    async def identify(self, user_token: str | None) -> Identity | None:
+        """The verified user, or None in local mode. Raises when the session cannot act."""
+        if user_token:
+            if self.verifier is None:
+                raise UnauthenticatedError(
+                    "A user token was given but no identity provider is configured (ALTER_IDP_ISSUER)."
+                )
+            return await self.verifier.verify(user_token)
+        if self.verifier is not None:
+            raise UnauthenticatedError("This vault needs the end user's JWT to choose their grants; none was sent.")
+        return None
+
+    async def owners(self, user_token: str | None) -> list[str]:
+        identity = await self.identify(user_token)
+        return identity.owners() if identity else [str(APP)]
+
+    # -- resolution and release ---------------------------------------------------------------
+
+    async def resolve(
+        self,
+        *,
+        provider: str | None,
+        identity: Identity | None,
+        account: str | None = None,
+        label: str | None = None,
+        grant_id: str | None = None,
+    ) -> StoredGrant:
+        """Pick the grant that backs a call (DESIGN §3) for an already verified caller."""
+        await self.open()
+        if grant_id:
+            stored = await self.store.get_grant(_canonical_uuid(grant_id)) if _is_uuid(grant_id) else None
+            owned_by(stored.grant if stored else None, identity.owners() if identity else None, grant_id)
+            assert stored is not None
+            if provider and provider != stored.grant.provider:
+                raise InvalidArgumentsError(
+                    f"This session's grant is for {stored.grant.provider}, not {provider}.",
+                    provider=stored.grant.provider,
+                )
+            return stored
+        if not provider:
+            raise InvalidArgumentsError("Name the provider (or pass a grant id) so a grant can be chosen.")
+        self.providers.get(provider)
+        owners = identity.owners() if identity else [str(APP)]
+        candidates = await self.store.list_grants(owners, provider, statuses=("active", "needs_reauth"))
+        by_id = {c.grant.grant_id: c for c in candidates}
+        chosen = choose([c.grant for c in candidates], provider, account, label)
+        return by_id[chosen.grant_id]
+
+    async def release_for(
+        self,
+        *,
+        url: str,
+        method: str = "GET",
+        provider: str | None = None,
+        user_token: str | None = None,
+        account: str | None = None,
+        label: str | None = None,
+        grant_id: str | None = None,
+    ) -> ReleasedCredential:
+        """Resolve the grant for a call to `url` and release its credential (one step, as `/sdk/token`)."""
+        await self.open()
+        identity = None if grant_id and not user_token else await self.identify(user_token)
+        stored = await self.resolve(provider=provider, identity=identity, account=account, label=label,
+                                    grant_id=grant_id)
+        principal = f"user:{identity.sub}" if identity else None
+        return await self.release(stored, url, principal=principal)
+
+    async def release(self, stored: StoredGrant, url: str, *, principal: str | None = None) -> ReleasedCredential:
+        """Check the destination, refresh if due, and hand out the credential for one call."""
+        grant = stored.grant
+        spec = self.providers.get(grant.provider)
+        check_destination(url, spec.name, spec.hosts, spec.allow_http)
+        if grant.status == "needs_reauth":
+            raise ReauthRequiredError(grant.provider, grant.account)
+        if grant.status != "active":
+            raise GrantNotFoundError(grant.grant_id)
+        token = await self._access_token(stored, spec)
+        return ReleasedCredential(grant=grant, token=token, injection=spec.inject.to_injection(),
+                                  hosts=tuple(spec.hosts), allow_http=spec.allow_http,
+                                  principal=principal or grant.owner)
+
+    def _open_secret(self, stored: StoredGrant) -> dict[str, str | None]:
+        data: dict[str, str | None] = json.loads(self._cipher().decrypt(stored.secret, stored.grant.grant_id))
+        return data
+
+    async def _access_token(self, stored: StoredGrant, spec: ProviderSpec) -> str:
+        secret = self._open_secret(stored)
+        if _due(stored.grant) and secret.get("refresh_token"):
+            secret = await self._refresh(stored, spec)
+        token = secret.get("access_token")
+        if not token:
+            raise ReauthRequiredError(stored.grant.provider, stored.grant.account)
+        return token
+
+    async def _refresh(self, seen: StoredGrant, spec: ProviderSpec) -> dict[str, str | None]:
+        """Single-flight refresh: one in-process lock per grant plus a store lease across processes."""
+        grant_id = seen.grant.grant_id
+        lock = self._refresh_locks.setdefault(grant_id, asyncio.Lock())
+        async with lock:
+            deadline = time.monotonic() + REFRESH_LEASE_SECONDS + 5
+            while True:
+                current = await self.store.get_grant(grant_id)
+                if current is None:
+                    raise GrantNotFoundError(grant_id)
+                if current.grant.status == "needs_reauth":
+                    raise ReauthRequiredError(current.grant.provider, current.grant.account)
+                if current.secret != seen.secret and not _expired(current.grant):
+                    return self._open_secret(current)  # someone else refreshed meanwhile
+                if await self.store.claim_refresh(grant_id, REFRESH_LEASE_SECONDS):
+                    break
+                if time.monotonic() > deadline:
+                    raise UpstreamUnreachableError("Another process is still refreshing this token; try again.")
+                await anyio.sleep(0.05)
+            secret = self._open_secret(current)
+            try:
+                tokens = await oauth.refresh(self._http, spec, secret["refresh_token"] or "")
+            except oauth.InvalidGrant:
+                await self.store.finish_refresh(grant_id, secret=None, expires_at=None, status="needs_reauth")
+                await self.store.record("refresh", grant_id=grant_id, provider=spec.name, detail="invalid_grant")
+                raise ReauthRequiredError(current.grant.provider, current.grant.account) from None
+            except BaseException:
+                await self.store.finish_refresh(grant_id, secret=None, expires_at=None)
+                raise
+            new = {"access_token": tokens.access_token,
+                   "refresh_token": tokens.refresh_token or secret.get("refresh_token")}
+            sealed = self._cipher().encrypt(json.dumps(new).encode(), grant_id)
+            await self.store.finish_refresh(grant_id, secret=sealed, expires_at=tokens.expires_at)
+            await self.store.record("refresh", grant_id=grant_id, provider=spec.name, detail="ok")
+            return new
+
+    # -- grants and secrets -----------------------------------------------------------------
+
+    async def list_grants(
+        self, *, user_token: str | None = None, provider: str | None = None, everyone: bool = False
+    ) -> list[Grant]:
+        await self.open()
+        owners = None if everyone else await self.owners(user_token)
+        stored = await self.store.list_grants(owners, provider, statuses=("active", "needs_reauth"))
+        return [s.grant for s in stored]
+
+    async def get_grant(self, grant_id: str) -> Grant | None:
+        await self.open()
+        stored = await self.store.get_grant(_canonical_uuid(grant_id)) if _is_uuid(grant_id) else None
+        return stored.grant if stored else None
+
+    async def revoke(self, grant_id: str, *, user_token: str | None = None) -> Grant:
+        """Mark a grant revoked and wipe its credential."""
+        await self.open()
+        owners = await self.owners(user_token) if user_token else None
+        stored = await self.store.get_grant(_canonical_uuid(grant_id)) if _is_uuid(grant_id) else None
+        grant = owned_by(stored.grant if stored else None, owners, grant_id)
+        empty = self._cipher().encrypt(b"{}", grant.grant_id)
+        await self.store.finish_refresh(grant.grant_id, secret=empty, expires_at=None, status="revoked")
+        await self.store.record("revoke", grant_id=grant.grant_id, provider=grant.provider,
+                                principal=grant.owner)
+        return grant
+
+    async def add_secret(
+        self, provider: str, value: str, *, owner: Principal, account: str, label: str | None = None,
+        display_name: str | None = None,
+    ) -> Grant:
+        """Store an operator-issued secret (API key) as a grant."""
+        await self.open()
+        spec = self.providers.get(provider)
+        if not value or any(c in value for c in "\r\n\0"):
+            raise InvalidArgumentsError("The secret is empty or contains line breaks.")
+        payload = json.dumps({"access_token": value, "refresh_token": None}).encode()
+        stored, _created = await self.store.upsert_grant(
+            provider=spec.name, owner=str(owner), kind=spec.kind, account=account, label=label,
+            display_name=display_name, scopes=[],
+            seal=lambda grant_id: self._cipher().encrypt(payload, grant_id), expires_at=None,
+        )
+        await self.store.record("secret_added", grant_id=stored.grant.grant_id, provider=spec.name,
+                                principal=str(owner))
+        return stored.grant
+
+    # -- connect ----------------------------------------------------------------------------
+
+    async def start_connect(
+        self, provider: str, *, user_token: str | None = None, label: str | None = None,
+        scopes: list[str] | None = None, redirect_uri: str | None = None, headless: bool = False,
+    ) -> ConnectStart:
+        """Begin linking an account; the grant is owned by the user, or by the app when headless."""
+        await self.open()
+        identity = None if headless and not user_token else await self.identify(user_token)
+        owner = f"user:{identity.sub}" if identity else str(APP)
+        return await self.connects.start(provider, owner, label=label, scopes=scopes, redirect_uri=redirect_uri)
+
+    async def connect_status(self, session_id: str) -> ConnectStatus:
+        await self.open()
+        return await self.connects.status(session_id)
+
+    async def wait_connect(self, session_id: str, timeout: float,
+                           on_progress: ProgressCallback | None = None) -> ConnectStatus:
+        await self.open()
+        return await self.connects.wait(session_id, timeout, on_progress)
+
+    async def complete_connect(self, query: dict[str, str]) -> tuple[bool, str]:
+        await self.open()
+        return await self.connects.complete(query)
+
+    # -- audit -----------------------------------------------------------------------------
+
+    async def record_call(
+        self, grant: Grant, *, method: str, url: str, status: int | None, latency_ms: float | None,
+        principal: str | None, error: str | None = None, action: str = "call",
+    ) -> None:
+        parsed = httpx.URL(url)
+        await self.store.record(
+            action, principal=principal, grant_id=grant.grant_id, provider=grant.provider,
+            method=method.upper(), host=parsed.host, path=parsed.path, status=status,
+            latency_ms=latency_ms, detail=error,
+        )
+
+    async def audit(self, limit: int = 100, grant_id: str | None = None) -> list[AuditEntry]:
+        await self.open()
+        return await self.store.audit_entries(limit, grant_id)
+
+
+def _due(grant: Grant) -> bool:
+    return grant.expires_at is not None and grant.expires_at.timestamp() - REFRESH_SKEW_SECONDS < time.time()
+
+
+def _expired(grant: Grant) -> bool:
+    return grant.expires_at is not None and grant.expires_at.timestamp() <= time.time()
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except (ValueError, AttributeError):
+        return False
+    return True
+
+
+def _canonical_uuid(text: str) -> str:
+    return str(uuid.UUID(text))
+

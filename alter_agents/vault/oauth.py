@@ -1,0 +1,179 @@
+"""OAuth 2 authorization code flow with PKCE (RFC 7636), token refresh and account lookup.
+
+Token endpoint calls are plain form POSTs (RFC 6749 §4.1.3, §6) with explicit retry rules:
+`invalid_grant` is final (the grant needs re-authorization); 5xx, 429 and network failures are
+transient and retried with backoff, and never mark the grant.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+from authlib.common.security import generate_token
+from authlib.common.urls import add_params_to_uri
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
+from alter_agents.errors import ConfigurationError, ConnectError, UpstreamUnreachableError
+from alter_agents.providers import ProviderSpec
+
+_RETRY_DELAYS = (0.2, 0.5, 1.0)
+
+
+class InvalidGrant(Exception):
+    """The authorization server refused the refresh token or code for good."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSet:
+    access_token: str
+    refresh_token: str | None
+    expires_at: float | None
+    scopes: list[str] | None
+
+    @classmethod
+    def from_response(cls, data: dict[str, Any]) -> TokenSet:
+        access = data.get("access_token")
+        if not isinstance(access, str) or not access:
+            raise ConnectError("The token endpoint answered without an access_token.")
+        expires_in = data.get("expires_in")
+        scope = data.get("scope")
+        return cls(
+            access_token=access,
+            refresh_token=data.get("refresh_token") or None,
+            expires_at=time.time() + float(expires_in) if expires_in not in (None, "") else None,
+            scopes=scope.replace(",", " ").split() if isinstance(scope, str) else None,
+        )
+
+
+def new_state() -> str:
+    return str(generate_token(43))
+
+
+def new_code_verifier() -> str:
+    return str(generate_token(64))
+
+
+def authorization_url(
+    spec: ProviderSpec, *, redirect_uri: str, state: str, code_verifier: str, scopes: list[str] | None = None
+) -> str:
+    if not spec.authorize_url or not spec.token_url:
+        raise ConfigurationError(f"Provider {spec.name!r} has no OAuth endpoints; add a secret instead.")
+    if not spec.client_id:
+        env = f"ALTER_{spec.name.upper().replace('-', '_')}_CLIENT_ID"
+        raise ConfigurationError(
+            f"No OAuth client is configured for {spec.name}: set {env} and the matching _CLIENT_SECRET."
+        )
+    params: list[tuple[str, str]] = [
+        ("response_type", "code"),
+        ("client_id", spec.client_id),
+        ("redirect_uri", redirect_uri),
+        ("state", state),
+        ("code_challenge", create_s256_code_challenge(code_verifier)),
+        ("code_challenge_method", "S256"),
+    ]
+    wanted = scopes if scopes is not None else spec.scopes
+    if wanted:
+        params.append(("scope", spec.scope_separator.join(wanted)))
+    params.extend(spec.authorize_params.items())
+    return str(add_params_to_uri(spec.authorize_url, params))
+
+
+async def _token_request(http: httpx.AsyncClient, spec: ProviderSpec, form: dict[str, str]) -> TokenSet:
+    assert spec.token_url and spec.client_id
+    auth: httpx.Auth | None = None
+    if spec.token_auth_method == "client_secret_basic":
+        auth = httpx.BasicAuth(spec.client_id, spec.client_secret or "")
+    else:
+        form = {**form, "client_id": spec.client_id}
+        if spec.client_secret:
+            form["client_secret"] = spec.client_secret
+    last: str = ""
+    for delay in (*_RETRY_DELAYS, None):
+        try:
+            response = await http.post(
+                spec.token_url, data=form, auth=auth or httpx.USE_CLIENT_DEFAULT,
+                headers={"Accept": "application/json"}, timeout=20.0,
+            )
+        except httpx.TransportError as exc:
+            last = type(exc).__name__
+        else:
+            if response.status_code < 500 and response.status_code != 429:
+                return _parse_token_response(response)
+            last = f"HTTP {response.status_code}"
+        if delay is None:
+            break
+        await anyio.sleep(delay)
+    raise UpstreamUnreachableError(
+        f"{spec.display_name or spec.name}'s token endpoint is unavailable ({last}); try again later."
+    )
+
+
+def _parse_token_response(response: httpx.Response) -> TokenSet:
+    try:
+        data = response.json()
+    except ValueError:
+        raise ConnectError(f"The token endpoint answered HTTP {response.status_code} without JSON.") from None
+    error = data.get("error") if isinstance(data, dict) else None
+    if error or response.status_code >= 400 or (isinstance(data, dict) and data.get("ok") is False):
+        if error in ("invalid_grant", "invalid_token", "invalid_code", "expired_token"):
+            raise InvalidGrant(str(error))
+        raise ConnectError(f"The token endpoint refused the request: {error or response.status_code}.")
+    return TokenSet.from_response(data)
+
+
+async def exchange_code(
+    http: httpx.AsyncClient, spec: ProviderSpec, *, code: str, redirect_uri: str, code_verifier: str
+) -> TokenSet:
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": redirect_uri,
+        "code_verifier": code_verifier,
+    }
+    try:
+        return await _token_request(http, spec, form)
+    except InvalidGrant as exc:
+        raise ConnectError(f"The authorization code was refused ({exc}); start connect again.") from None
+
+
+async def refresh(http: httpx.AsyncClient, spec: ProviderSpec, refresh_token: str) -> TokenSet:
+    """Raises `InvalidGrant` when the refresh token is dead, `UpstreamUnreachableError` when transient."""
+    return await _token_request(http, spec, {"grant_type": "refresh_token", "refresh_token": refresh_token})
+
+
+async def lookup_account(http: httpx.AsyncClient, spec: ProviderSpec, tokens: TokenSet) -> tuple[str, str | None]:
+    """Learn the account identifier (and display name) with the fresh access token."""
+    if spec.account is None:
+        return f"{spec.name}-account", None
+    header = spec.inject.to_injection()
+    headers = {"Accept": "application/json"}
+    params: dict[str, str] = {}
+    if header.query:
+        params[header.query] = tokens.access_token
+    elif header.header:
+        headers[header.header] = header.format.replace("{token}", tokens.access_token)
+    try:
+        response = await http.get(spec.account.url, headers=headers, params=params, timeout=20.0)
+        response.raise_for_status()
+        data = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ConnectError(f"Could not learn which {spec.name} account was connected: {type(exc).__name__}.") from None
+    account = _field(data, spec.account.field)
+    if not account:
+        raise ConnectError(f"{spec.name}'s account endpoint did not return {spec.account.field!r}.")
+    display = _field(data, spec.account.display_field) if spec.account.display_field else None
+    return account, display
+
+
+def _field(data: Any, path: str | None) -> str | None:
+    if not path:
+        return None
+    for part in path.split("."):
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)
+    return str(data) if data not in (None, "") else None

@@ -1,0 +1,89 @@
+"""Tables of the vault store. Times are UNIX seconds (float) so SQLite and PostgreSQL agree."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+schema_version = Table(
+    "alter_schema_version",
+    metadata,
+    Column("version", Integer, nullable=False),
+)
+
+meta = Table(
+    "alter_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", LargeBinary, nullable=False),
+)
+
+grants = Table(
+    "alter_grants",
+    metadata,
+    Column("grant_id", String(36), primary_key=True),
+    Column("provider", String(64), nullable=False),
+    Column("owner", String(255), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("account", String(320), nullable=False),
+    Column("label", String(255)),
+    Column("display_name", String(255)),
+    Column("scopes", Text, nullable=False, default="[]"),
+    Column("status", String(16), nullable=False, default="active"),
+    Column("secret", LargeBinary, nullable=False),
+    Column("expires_at", Float),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("refresh_lock_until", Float),
+    UniqueConstraint("owner", "provider", "account", name="uq_alter_grants_owner_provider_account"),
+)
+Index("ix_alter_grants_owner_provider", grants.c.owner, grants.c.provider)
+
+connect_sessions = Table(
+    "alter_connect_sessions",
+    metadata,
+    Column("session_id", String(64), primary_key=True),
+    Column("provider", String(64), nullable=False),
+    Column("owner", String(255), nullable=False),
+    Column("label", String(255)),
+    Column("scopes", Text, nullable=False, default="[]"),
+    Column("redirect_uri", Text, nullable=False),
+    Column("verifier", LargeBinary, nullable=False),
+    Column("status", String(16), nullable=False, default="pending"),
+    Column("result", Text),
+    Column("error", Text),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+audit = Table(
+    "alter_audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("principal", String(255)),
+    Column("grant_id", String(36)),
+    Column("provider", String(64)),
+    Column("method", String(16)),
+    Column("host", String(255)),
+    Column("path", Text),
+    Column("status", Integer),
+    Column("latency_ms", Float),
+    Column("detail", Text),
+)
+Index("ix_alter_audit_at", audit.c.at)

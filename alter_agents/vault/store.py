@@ -1,0 +1,399 @@
+"""The vault store: SQLAlchemy 2 async over a SQLite file (default) or PostgreSQL.
+
+SQLite runs in WAL mode with a busy timeout, and write transactions start with `BEGIN IMMEDIATE`
+so two processes writing one file wait for each other instead of failing with "database is locked".
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, delete, event, insert, inspect, select, text, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from alter_agents.models import ConnectResult, Grant
+from alter_agents.vault import schema
+from alter_agents.vault.schema import audit, connect_sessions, grants, meta
+
+_BUSY_TIMEOUT_MS = 30_000
+
+# Upgrades from version N to N+1, applied in order to stores written by older releases.
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredGrant:
+    grant: Grant
+    secret: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectSessionRow:
+    session_id: str
+    provider: str
+    owner: str
+    label: str | None
+    scopes: list[str]
+    redirect_uri: str
+    verifier: bytes
+    status: str
+    result: ConnectResult | None
+    error: str | None
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    at: datetime
+    action: str
+    principal: str | None
+    grant_id: str | None
+    provider: str | None
+    method: str | None
+    host: str | None
+    path: str | None
+    status: int | None
+    latency_ms: float | None
+    detail: str | None
+
+
+def _grant(row: Any) -> StoredGrant:
+    m = row._mapping
+    grant = Grant(
+        grant_id=m["grant_id"],
+        provider=m["provider"],
+        owner=m["owner"],
+        kind=m["kind"],
+        account=m["account"],
+        label=m["label"],
+        display_name=m["display_name"],
+        scopes=json.loads(m["scopes"] or "[]"),
+        status=m["status"],
+        created_at=_ts(m["created_at"]),
+        updated_at=_ts(m["updated_at"]),
+        expires_at=_ts(m["expires_at"]),
+    )
+    return StoredGrant(grant=grant, secret=m["secret"])
+
+
+def _sqlite_setup(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("alter_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+class Store:
+    """Persistence for grants, connect sessions and the audit log. Knows nothing of crypto or OAuth."""
+
+    def __init__(self, url: str) -> None:
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite" and parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs: dict[str, Any] = {}
+        if self.dialect == "postgresql":
+            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.dialect == "sqlite":
+            _sqlite_setup(self.engine)
+        self.url = url
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(alter_write=True)
+            async with conn.begin():
+                yield conn
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    # -- schema ------------------------------------------------------------------------------
+
+    async def migrate(self) -> int:
+        """Create a fresh store at the current version, or upgrade an older one in place."""
+        async with self._write() as conn:
+            if self.dialect == "postgresql":
+                await conn.execute(text("SELECT pg_advisory_xact_lock(7261001)"))
+            return await conn.run_sync(_migrate_sync)
+
+    # -- meta --------------------------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> bytes | None:
+        async with self._read() as conn:
+            value = await conn.scalar(select(meta.c.value).where(meta.c.key == key))
+        return bytes(value) if value is not None else None
+
+    async def set_meta_once(self, key: str, value: bytes) -> bytes:
+        """Store `value` unless the key exists; return whatever is stored."""
+        async with self._write() as conn:
+            existing = await conn.scalar(select(meta.c.value).where(meta.c.key == key))
+            if existing is not None:
+                return bytes(existing)
+            await conn.execute(insert(meta).values(key=key, value=value))
+            return value
+
+    # -- grants ------------------------------------------------------------------------------
+
+    async def get_grant(self, grant_id: str) -> StoredGrant | None:
+        async with self._read() as conn:
+            row = (await conn.execute(select(grants).where(grants.c.grant_id == grant_id))).first()
+        return _grant(row) if row else None
+
+    async def list_grants(
+        self,
+        owners: Sequence[str] | None = None,
+        provider: str | None = None,
+        statuses: Sequence[str] | None = None,
+    ) -> list[StoredGrant]:
+        query = select(grants).order_by(grants.c.created_at, grants.c.grant_id)
+        if owners is not None:
+            query = query.where(grants.c.owner.in_(list(owners)))
+        if provider is not None:
+            query = query.where(grants.c.provider == provider)
+        if statuses is not None:
+            query = query.where(grants.c.status.in_(list(statuses)))
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_grant(row) for row in rows]
+
+    async def upsert_grant(
+        self,
+        *,
+        provider: str,
+        owner: str,
+        kind: str,
+        account: str,
+        label: str | None,
+        display_name: str | None,
+        scopes: Sequence[str],
+        seal: Callable[[str], bytes],
+        expires_at: float | None,
+    ) -> tuple[StoredGrant, bool]:
+        """Insert a grant, or replace the credential of the same owner+provider+account.
+
+        `seal(grant_id)` encrypts the credential for that row. Returns (grant, created).
+        """
+        now = time.time()
+        for _attempt in range(3):
+            async with self._write() as conn:
+                existing = await conn.scalar(
+                    select(grants.c.grant_id).where(
+                        grants.c.owner == owner, grants.c.provider == provider, grants.c.account == account
+                    )
+                )
+                values: dict[str, Any] = {
+                    "kind": kind,
+                    "display_name": display_name,
+                    "scopes": json.dumps(list(scopes)),
+                    "status": "active",
+                    "expires_at": expires_at,
+                    "updated_at": now,
+                    "refresh_lock_until": None,
+                }
+                if label is not None:
+                    values["label"] = label
+                try:
+                    if existing:
+                        values["secret"] = seal(existing)
+                        await conn.execute(update(grants).where(grants.c.grant_id == existing).values(values))
+                        grant_id, created = existing, False
+                    else:
+                        grant_id = str(uuid.uuid4())
+                        values.update(
+                            grant_id=grant_id, provider=provider, owner=owner, account=account,
+                            label=label, secret=seal(grant_id), created_at=now,
+                        )
+                        await conn.execute(insert(grants).values(values))
+                        created = True
+                except IntegrityError:
+                    continue  # another writer inserted the same account first; update it instead
+            stored = await self.get_grant(grant_id)
+            assert stored is not None
+            return stored, created
+        raise RuntimeError("could not store grant after concurrent inserts")
+
+    async def set_status(self, grant_id: str, status: str) -> bool:
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(grants)
+                .where(grants.c.grant_id == grant_id)
+                .values(status=status, updated_at=time.time())
+            )
+        return bool(result.rowcount)
+
+    async def delete_grant(self, grant_id: str) -> bool:
+        async with self._write() as conn:
+            result = await conn.execute(delete(grants).where(grants.c.grant_id == grant_id))
+        return bool(result.rowcount)
+
+    async def claim_refresh(self, grant_id: str, lease_seconds: float) -> bool:
+        """Take the cross-process refresh lease of a grant (an atomic row update); True if won."""
+        now = time.time()
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(grants)
+                .where(grants.c.grant_id == grant_id)
+                .where((grants.c.refresh_lock_until.is_(None)) | (grants.c.refresh_lock_until < now))
+                .values(refresh_lock_until=now + lease_seconds)
+            )
+        return bool(result.rowcount)
+
+    async def finish_refresh(
+        self, grant_id: str, *, secret: bytes | None, expires_at: float | None, status: str | None = None
+    ) -> None:
+        """Commit a refreshed credential (or only a status) and drop the lease, in one transaction."""
+        values: dict[str, Any] = {"refresh_lock_until": None, "updated_at": time.time()}
+        if secret is not None:
+            values.update(secret=secret, expires_at=expires_at)
+        if status is not None:
+            values["status"] = status
+        async with self._write() as conn:
+            await conn.execute(update(grants).where(grants.c.grant_id == grant_id).values(values))
+
+    async def refresh_lease(self, grant_id: str) -> float | None:
+        async with self._read() as conn:
+            value = await conn.scalar(
+                select(grants.c.refresh_lock_until).where(grants.c.grant_id == grant_id)
+            )
+        return float(value) if value is not None else None
+
+    # -- connect sessions --------------------------------------------------------------------
+
+    async def create_connect_session(self, row: ConnectSessionRow) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                insert(connect_sessions).values(
+                    session_id=row.session_id,
+                    provider=row.provider,
+                    owner=row.owner,
+                    label=row.label,
+                    scopes=json.dumps(row.scopes),
+                    redirect_uri=row.redirect_uri,
+                    verifier=row.verifier,
+                    status=row.status,
+                    created_at=row.created_at,
+                    expires_at=row.expires_at,
+                )
+            )
+
+    async def get_connect_session(self, session_id: str) -> ConnectSessionRow | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(select(connect_sessions).where(connect_sessions.c.session_id == session_id))
+            ).first()
+        if row is None:
+            return None
+        m = row._mapping
+        return ConnectSessionRow(
+            session_id=m["session_id"],
+            provider=m["provider"],
+            owner=m["owner"],
+            label=m["label"],
+            scopes=json.loads(m["scopes"] or "[]"),
+            redirect_uri=m["redirect_uri"],
+            verifier=m["verifier"],
+            status=m["status"],
+            result=ConnectResult.model_validate_json(m["result"]) if m["result"] else None,
+            error=m["error"],
+            created_at=m["created_at"],
+            expires_at=m["expires_at"],
+        )
+
+    async def claim_connect_session(self, session_id: str) -> bool:
+        """Move a pending session to `exchanging` so one callback, and only one, completes it."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(connect_sessions)
+                .where(connect_sessions.c.session_id == session_id, connect_sessions.c.status == "pending")
+                .values(status="exchanging")
+            )
+        return bool(result.rowcount)
+
+    async def finish_connect_session(
+        self, session_id: str, status: str, *, result: ConnectResult | None = None, error: str | None = None
+    ) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                update(connect_sessions)
+                .where(connect_sessions.c.session_id == session_id)
+                .values(status=status, result=result.model_dump_json() if result else None, error=error)
+            )
+
+    # -- audit -------------------------------------------------------------------------------
+
+    async def record(self, action: str, **fields: Any) -> None:
+        async with self._write() as conn:
+            await conn.execute(insert(audit).values(at=time.time(), action=action, **fields))
+
+    async def audit_entries(self, limit: int = 100, grant_id: str | None = None) -> list[AuditEntry]:
+        query = select(audit).order_by(audit.c.id.desc()).limit(limit)
+        if grant_id:
+            query = query.where(audit.c.grant_id == grant_id)
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            AuditEntry(
+                at=datetime.fromtimestamp(r.at, UTC),
+                action=r.action,
+                principal=r.principal,
+                grant_id=r.grant_id,
+                provider=r.provider,
+                method=r.method,
+                host=r.host,
+                path=r.path,
+                status=r.status,
+                latency_ms=r.latency_ms,
+                detail=r.detail,
+            )
+            for r in rows
+        ]
+
+
+def _migrate_sync(conn: Connection) -> int:
+    inspector = inspect(conn)
+    if not inspector.has_table(schema.schema_version.name):
+        schema.metadata.create_all(conn)
+        conn.execute(insert(schema.schema_version).values(version=schema.SCHEMA_VERSION))
+        return schema.SCHEMA_VERSION
+    version = int(conn.scalar(select(schema.schema_version.c.version)) or 0)
+    if version > schema.SCHEMA_VERSION:
+        raise RuntimeError(
+            f"This vault store has schema version {version}; this alter-agents understands up to "
+            f"{schema.SCHEMA_VERSION}. Upgrade alter-agents."
+        )
+    while version < schema.SCHEMA_VERSION:
+        _MIGRATIONS[version](conn)
+        version += 1
+        conn.execute(update(schema.schema_version).values(version=version))
+    return version

@@ -1,0 +1,194 @@
+"""Real local servers (identity provider, OAuth server, provider API) and a real store per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from alter_agents import App, Settings
+from alter_agents.vault.crypto import generate_key
+from tests.fixtures import AsyncBrowser, Browser, IdentityProvider, OAuthServer, UpstreamAPI
+
+PG_URL = os.environ.get("ALTER_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def idp() -> Iterator[IdentityProvider]:
+    with IdentityProvider() as server:
+        yield server
+
+
+@pytest.fixture
+def oauth() -> Iterator[OAuthServer]:
+    with OAuthServer() as server:
+        yield server
+
+
+@pytest.fixture
+def oauth_client(oauth: OAuthServer) -> tuple[str, str]:
+    return oauth.register_client()
+
+
+@pytest.fixture
+def upstream(oauth: OAuthServer) -> Iterator[UpstreamAPI]:
+    with UpstreamAPI(oauth) as api:
+        yield api
+
+
+@pytest.fixture
+def foreign() -> Iterator[UpstreamAPI]:
+    """A second host: `foreign.seen_credentials == []` proves nothing leaked to it."""
+    with UpstreamAPI(None) as api:
+        yield api
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    b = Browser()
+    yield b
+    b.close()
+
+
+@pytest.fixture
+async def abrowser() -> AsyncIterator[AsyncBrowser]:
+    b = AsyncBrowser()
+    yield b
+    await b.aclose()
+
+
+def write_providers_file(path: Path, oauth: OAuthServer, upstream: UpstreamAPI, client: tuple[str, str]) -> Path:
+    """Point github and google at the local OAuth server and API; stripe is a managed secret there."""
+    client_id, client_secret = client
+    entries = []
+    for name, field in (("github", "login"), ("google", "email")):
+        entries.append(f"""
+[providers.{name}]
+hosts = ["127.0.0.1"]
+allow_http = true
+authorize_url = "{oauth.url}/authorize"
+token_url = "{oauth.url}/token"
+client_id = "{client_id}"
+client_secret = "{client_secret}"
+scopes = ["read"]
+authorize_params = {{}}
+account = {{ url = "{upstream.url}/user", field = "{field}", display_field = "name" }}
+""")
+    entries.append("""
+[providers.stripe]
+hosts = ["127.0.0.1"]
+allow_http = true
+
+[providers.keyed]
+kind = "secret"
+hosts = ["127.0.0.1"]
+allow_http = true
+inject = { header = "X-Api-Key", format = "{token}" }
+
+[providers.queried]
+kind = "secret"
+hosts = ["127.0.0.1"]
+allow_http = true
+inject = { query = "api_key" }
+
+[providers.basic]
+kind = "secret"
+hosts = ["127.0.0.1"]
+allow_http = true
+inject = { basic = true }
+""")
+    path.write_text("".join(entries), "utf-8")
+    return path
+
+
+async def _reset_postgres(url: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            rows = await conn.execute(text("SELECT tablename FROM pg_tables WHERE tablename LIKE 'alter_%'"))
+            for (name,) in rows:
+                await conn.execute(text(f'DROP TABLE IF EXISTS "{name}" CASCADE'))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store: a SQLite file, and (same test again) the machine's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'vault.db'}"
+    try:
+        await _reset_postgres(PG_URL)
+    except (OSError, ImportError) as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI: {exc}")
+        pytest.skip(f"no PostgreSQL at {PG_URL}: {exc}")
+    return PG_URL
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'vault.db'}"
+
+
+@dataclass
+class Deployment:
+    """A configured vault: the settings an App uses and the env a subprocess gets."""
+
+    settings: Settings
+    env: dict[str, str]
+    idp: IdentityProvider
+    oauth: OAuthServer
+    upstream: UpstreamAPI
+
+    def app(self, **kwargs: object) -> App:
+        return App(settings=self.settings, **kwargs)  # type: ignore[arg-type]
+
+    def local(self) -> Deployment:
+        """The same vault without an identity provider (local single-user mode)."""
+        settings = replace(self.settings, idp_issuer=None, idp_audience=None, idp_jwks_url=None)
+        env = {k: v for k, v in self.env.items() if not k.startswith("ALTER_IDP_")}
+        return replace(self, settings=settings, env=env)
+
+
+def make_deployment(
+    tmp_path: Path, vault_url: str, idp: IdentityProvider, oauth: OAuthServer, upstream: UpstreamAPI,
+    client: tuple[str, str],
+) -> Deployment:
+    providers_file = write_providers_file(tmp_path / f"providers-{uuid.uuid4().hex[:6]}.toml", oauth, upstream, client)
+    key = generate_key()
+    env = {
+        "ALTER_VAULT_URL": vault_url,
+        "ALTER_VAULT_KEY": key,
+        "ALTER_PROVIDERS_FILE": str(providers_file),
+        "ALTER_IDP_ISSUER": idp.issuer,
+        "ALTER_IDP_AUDIENCE": idp.audience,
+        "ALTER_IDP_JWKS_URL": idp.jwks_url,
+        "ALTER_DATA_DIR": str(tmp_path / "data"),
+    }
+    return Deployment(Settings.from_env(env), env, idp, oauth, upstream)
+
+
+@pytest.fixture
+def deployment(
+    tmp_path: Path, store_url: str, idp: IdentityProvider, oauth: OAuthServer, upstream: UpstreamAPI,
+    oauth_client: tuple[str, str],
+) -> Deployment:
+    """A vault on SQLite and on PostgreSQL, with an identity provider (JWT identity mode)."""
+    return make_deployment(tmp_path, store_url, idp, oauth, upstream, oauth_client)
+
+
+@pytest.fixture
+def sqlite_deployment(
+    tmp_path: Path, sqlite_url: str, idp: IdentityProvider, oauth: OAuthServer, upstream: UpstreamAPI,
+    oauth_client: tuple[str, str],
+) -> Deployment:
+    """The same on SQLite only, for tests that are not about the store."""
+    return make_deployment(tmp_path, sqlite_url, idp, oauth, upstream, oauth_client)
