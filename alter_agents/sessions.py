@@ -11,7 +11,7 @@ import jwt
 
 from alter_agents.models import ConnectStart
 
-TokenSource = str | Callable[[], str] | Callable[[], Awaitable[str]]
+TokenSource = str | Callable[[], str | None] | Callable[[], Awaitable[str | None]]
 
 
 @dataclass
@@ -24,16 +24,20 @@ class _Memory:
 
 @dataclass
 class UserSession:
-    """Acts for the end user whose JWT is given (a string, or a getter called on every call)."""
+    """Acts for the end user whose JWT is given (a string, or a getter called on every call).
 
-    token: TokenSource
+    With no token the JWT must come with each call (e.g. LangChain's `configurable.user_token`), which
+    is how one toolkit serves many users; in local mode (no identity provider) it acts as `LocalSession`.
+    """
+
+    token: TokenSource | None = field(default=None, repr=False)
     memory: _Memory = field(default_factory=_Memory, repr=False)
 
-    async def user_token(self) -> str:
+    async def user_token(self) -> str | None:
         value = self.token() if callable(self.token) else self.token
         if inspect.isawaitable(value):
             value = await value
-        return str(value)
+        return str(value) if value else None
 
 
 @dataclass

@@ -8,17 +8,20 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alter_agents.app import App
 from alter_agents.errors import (
     AlterError,
     AmbiguousGrantError,
+    ConnectDeniedError,
     ConnectError,
     ConnectTimeoutError,
     InvalidArgumentsError,
@@ -36,6 +39,8 @@ _REFUSED_HEADERS = frozenset({
     "private-token", "x-goog-api-key", "host",
 })
 _USEFUL_HEADERS = ("content-type", "location", "link", "retry-after", "etag", "last-modified")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HEADER_VALUE = re.compile(r"^[\t\x20-\x7e]*$")
 
 REQUEST_DESCRIPTION = (
     "Call a connected provider's HTTP API as the current user. Credentials are added for you: never put "
@@ -71,6 +76,27 @@ class GrantRequestArgs(BaseModel):
     )
     json_body: Any = Field(None, alias="json", description="JSON request body for POST/PUT/PATCH.")
     body: str | None = Field(None, description="Raw text request body, when not JSON.")
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper_method(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("headers")
+    @classmethod
+    def _plain_headers(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for name, text in (value or {}).items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if not _HEADER_VALUE.match(text):
+                raise ValueError(f"the value of {name} must be printable ASCII on one line")
+        return value
+
+    @model_validator(mode="after")
+    def _one_body(self) -> GrantRequestArgs:
+        if self.json_body is not None and self.body is not None:
+            raise ValueError("send either json or body, not both")
+        return self
 
 
 class RequestArgs(GrantRequestArgs):
@@ -186,21 +212,23 @@ class AlterTools:
         return await _shielded(self.request(args, call))
 
     async def request(self, args: GrantRequestArgs | dict[str, Any], call: CallContext | None = None) -> RequestResult:
+        """Resolve the grant for the call, send it, shape the response. Raises typed `AlterError`s."""
         parsed = _validate(self.request_args_model, args)
         ctx = self._context(call)
         _refuse_credential_headers(parsed.headers)
         token = await self._user_token(ctx)
-        provider = getattr(parsed, "provider", None)
-        account = getattr(parsed, "account", None)
+        provider: str | None = getattr(parsed, "provider", None)
+        account: str | None = getattr(parsed, "account", None)
         grant_id: str | None = None
         if isinstance(self.session, GrantSession):
             grant_id = self.session.grant_id
+        elif isinstance(self.session, HeadlessSession):
+            provider = provider or self._pinned_provider(parsed.url)
+            grant_id = self.session.pinned.get(provider)
+            if grant_id is None:
+                raise NotConnectedError(provider)
         else:
             provider = provider or self.app.infer_provider(parsed.url)
-            if isinstance(self.session, HeadlessSession):
-                grant_id = self.session.pinned.get(provider)
-                if grant_id is None:
-                    raise NotConnectedError(provider)
         memory, key = self.session.memory, (token_key(token), provider or "")
         note = None
         if grant_id is None and account is None and self.remember_account and key in memory.chosen:
@@ -211,12 +239,12 @@ class AlterTools:
         except NotConnectedError:
             if note is None:
                 raise
-            memory.chosen.pop(key, None)
+            memory.chosen.pop(key, None)  # the remembered account is gone: resolve afresh
             account, note = None, None
             response = await self._send(parsed, provider, None, grant_id, token)
         except AmbiguousGrantError as exc:
             chosen = await ctx.choose_account(exc.provider, exc.accounts) if ctx.choose_account else None
-            if not chosen:
+            if not chosen or not any(_names(ref, chosen) for ref in exc.accounts):
                 raise
             account = chosen
             note = f"Used {chosen}, chosen by the user."
@@ -224,6 +252,13 @@ class AlterTools:
         if account and grant_id is None and self.remember_account:
             memory.chosen[key] = account
         return self._shape(response, note)
+
+    def _pinned_provider(self, url: str) -> str:
+        """In a headless session, the one pinned provider whose hosts include the URL's."""
+        assert isinstance(self.session, HeadlessSession)
+        host = _host(url)
+        claimants = [name for name in self.session.pinned if self.app.providers.get(name).claims_host(host)]
+        return claimants[0] if len(claimants) == 1 else self.app.infer_provider(url)
 
     async def _send(self, args: GrantRequestArgs, provider: str | None, account: str | None,
                     grant_id: str | None, token: str | None) -> ApiResponse:
@@ -247,24 +282,32 @@ class AlterTools:
         return await _shielded(self.connect(args, call))
 
     async def connect(self, args: ConnectArgs | dict[str, Any], call: CallContext | None = None) -> ConnectResultOut:
+        """Start (or check on) a connect flow and wait a while for the user. Raises typed `AlterError`s."""
         parsed = _validate(ConnectArgs, args)
         ctx = self._context(call)
         if isinstance(self.session, GrantSession):
-            raise InvalidArgumentsError("This session is pinned to one grant; connecting accounts is not available.")
+            raise InvalidArgumentsError("This session is pinned to one grant; connecting accounts is not available.",
+                                        retryable=False, user_action="none")
         spec = self.app.providers.get(parsed.provider)
         if spec.kind != "oauth2":
-            raise ConnectError(f"{spec.name} uses an API key added by an operator, not a browser sign-in.",
-                               provider=spec.name, user_action="none")
+            raise InvalidArgumentsError(
+                f"{spec.name} uses an API key that an operator adds (alter-agents secrets add {spec.name} ...), "
+                "not a browser sign-in; ask the user to have it added.",
+                provider=spec.name, retryable=False, user_action="none",
+            )
         token = await self._user_token(ctx)
         key = (token_key(token), spec.name)
         memory = self.session.memory
         start = memory.pending.get(key)
         if start is not None:
             status = await self.app.vault.connect_status(start.session_id)
-            if status.status in ("expired", "error"):
+            if status.status == "expired":
                 memory.pending.pop(key, None)
-                start = None
-        if start is None:
+                raise ConnectTimeoutError(
+                    f"The user did not finish connecting {spec.name} before the link expired. Call connect "
+                    "again for a new link.", provider=spec.name,
+                )
+        else:
             headless = isinstance(self.session, HeadlessSession | LocalSession)
             start = await self.app.start_connect(spec.name, user_token=token, label=parsed.label,
                                                  scopes=parsed.scopes, headless=headless)
@@ -290,12 +333,16 @@ class AlterTools:
                 message=f"Waiting for the user to sign in to {start.provider}. Show them connect_url; call "
                         "connect again with the same provider to learn whether they finished.",
             )
-        except ConnectError:
+        except ConnectDeniedError:
             self.session.memory.pending.pop(key, None)
-            raise
-        finally:
-            if ctx.progress is not None:
-                await ctx.progress(wait, wait, "done waiting")
+            raise ConnectDeniedError(
+                f"The user did not grant access to {start.provider}. Call connect again only if they ask to.",
+                provider=start.provider,
+            ) from None
+        except ConnectError as exc:
+            self.session.memory.pending.pop(key, None)
+            raise ConnectError(f"{exc.message} Call connect again to retry.", provider=start.provider,
+                               retryable=True, user_action="connect") from None
         self.session.memory.pending.pop(key, None)
         result = status.results[0]
         if isinstance(self.session, HeadlessSession):
@@ -308,13 +355,23 @@ class AlterTools:
 def _validate(model: type[Any], args: Any) -> Any:
     if isinstance(args, model):
         return args
-    from pydantic import ValidationError
-
     try:
         return model.model_validate(args)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors())
-        raise InvalidArgumentsError(f"Invalid arguments: {problems}.") from None
+        raise arguments_error(exc) from None
+
+
+def arguments_error(exc: ValidationError) -> InvalidArgumentsError:
+    """A schema rejection as the model sees it: each problem by field, never the rejected value."""
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors())
+    return InvalidArgumentsError(f"Invalid arguments: {problems}. Fix them and call again.")
+
+
+def internal_payload(reason: str) -> ToolErrorPayload:
+    """The error a model gets for a fault of ours: typed, retryable, and without a traceback."""
+    body = ToolErrorBody(code="internal", message=f"Internal error ({reason}); try again later.",
+                         retryable=True, user_action="retry_later")
+    return ToolErrorPayload(error=body)
 
 
 def _refuse_credential_headers(headers: dict[str, str] | None) -> None:
@@ -347,6 +404,18 @@ def _looks_binary(sample: bytes) -> bool:
     return b"\x00" in sample
 
 
+def _names(ref: AccountRef, chosen: str) -> bool:
+    wanted = chosen.strip().casefold()
+    return ref.account.casefold() == wanted or (ref.label or "").casefold() == wanted
+
+
+def _host(url: str) -> str:
+    try:
+        return str(httpx.URL(url).host)
+    except (httpx.InvalidURL, TypeError):
+        return ""
+
+
 async def _shielded(work: Awaitable[_R]) -> _R | ToolErrorPayload:
     try:
         return await work
@@ -354,7 +423,4 @@ async def _shielded(work: Awaitable[_R]) -> _R | ToolErrorPayload:
         return exc.payload()
     except Exception as exc:  # a bug must still reach the model as a typed error, never a traceback
         log.exception("tool failed")
-        body = ToolErrorBody(code="internal", message=f"Internal error ({type(exc).__name__}); try again later.",
-                             retryable=True, user_action="retry_later")
-        return ToolErrorPayload(error=body)
-
+        return internal_payload(type(exc).__name__)

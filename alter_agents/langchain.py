@@ -1,0 +1,161 @@
+"""`AlterToolkit`: the `request` and `connect` tools for LangChain agents.
+
+    toolkit = AlterToolkit(app, session=UserSession())
+    tools = toolkit.get_tools()
+    await tools[0].ainvoke(tool_call, config={"configurable": {"user_token": jwt}})
+
+Every call ends in a `ToolMessage`: the result JSON as content and the result model as artifact, or
+`status="error"` with the DESIGN §5 error JSON as content and the `ToolErrorPayload` as artifact —
+also for arguments the schema rejects. The user's JWT travels in the run config, never in the
+arguments, so a model cannot choose whose grants it acts with. Needs `pip install alter-agents[langchain]`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import ToolMessage
+from langchain_core.runnables import RunnableConfig
+from langchain_core.tools import BaseTool, BaseToolkit, StructuredTool, ToolException
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+
+from alter_agents.app import App
+from alter_agents.errors import InvalidArgumentsError
+from alter_agents.models import ToolErrorPayload
+from alter_agents.sessions import GrantSession, Session, UserSession
+from alter_agents.tools import (
+    CONNECT_DESCRIPTION,
+    AlterTools,
+    CallContext,
+    ChooseAccount,
+    ConnectArgs,
+    OnConnectUrl,
+    Progress,
+    arguments_error,
+    internal_payload,
+)
+
+__all__ = ["AlterToolkit", "user_config"]
+
+USER_TOKEN_KEY = "user_token"
+
+
+def user_config(user_token: str, **configurable: Any) -> RunnableConfig:
+    """The run config that makes a tool call act for the user whose JWT this is."""
+    return {"configurable": {USER_TOKEN_KEY: user_token, **configurable}}
+
+
+class _ToolFailed(ToolException):
+    """Carries the error payload from the tool body to the error handler."""
+
+    def __init__(self, payload: ToolErrorPayload) -> None:
+        super().__init__(payload.to_json())
+        self.payload = payload
+
+
+class _AlterTool(StructuredTool):
+    """A StructuredTool whose error `ToolMessage`s also carry the error payload as artifact."""
+
+    async def arun(self, tool_input: Any, *args: Any, **kwargs: Any) -> Any:
+        output = await super().arun(tool_input, *args, **kwargs)
+        if isinstance(output, ToolMessage) and output.status == "error" and output.artifact is None:
+            try:
+                output.artifact = ToolErrorPayload.model_validate_json(str(output.content))
+            except ValidationError:
+                output.artifact = internal_payload("the tool failed without an error payload")
+        return output
+
+
+class AlterToolkit(BaseToolkit):
+    """`request` and `connect` as async LangChain tools bound to one session.
+
+    `session` defaults to `UserSession()`: the JWT of each call comes from
+    `config["configurable"]["user_token"]` (see `user_config`), so one toolkit can serve many users;
+    in local mode (no identity provider) it acts for the machine's single user. The other keyword
+    arguments are `AlterTools`'s: `choose_account`, `on_connect_url`, `connect_wait`,
+    `max_body_bytes`, `remember_account`.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    tools: AlterTools
+    _progress: Progress | None = PrivateAttr(default=None)
+
+    def __init__(
+        self,
+        app: App,
+        session: Session | None = None,
+        *,
+        choose_account: ChooseAccount | None = None,
+        on_connect_url: OnConnectUrl | None = None,
+        connect_wait: float | None = None,
+        max_body_bytes: int | None = None,
+        remember_account: bool = True,
+        progress: Progress | None = None,
+    ) -> None:
+        options: dict[str, Any] = {"choose_account": choose_account, "on_connect_url": on_connect_url,
+                                   "remember_account": remember_account}
+        if connect_wait is not None:
+            options["connect_wait"] = connect_wait
+        if max_body_bytes is not None:
+            options["max_body_bytes"] = max_body_bytes
+        tools = AlterTools(app, session if session is not None else UserSession(), **options)
+        super().__init__(tools=tools)
+        self._progress = progress
+
+    def get_tools(self) -> list[BaseTool]:
+        """`[request, connect]`; a pinned-grant session gets `request` only (no provider, no account)."""
+        result: list[BaseTool] = [self._request_tool()]
+        if not isinstance(self.tools.session, GrantSession):
+            result.append(self._connect_tool())
+        return result
+
+    def _call(self, config: RunnableConfig | None) -> CallContext:
+        configurable = (config or {}).get("configurable") or {}
+        token = configurable.get(USER_TOKEN_KEY)
+        return CallContext(user_token=token if isinstance(token, str) and token else None, progress=self._progress)
+
+    def _request_tool(self) -> BaseTool:
+        tools = self.tools
+
+        async def request(config: RunnableConfig, **arguments: Any) -> tuple[str, BaseModel]:
+            return _rendered(await tools.run_request(arguments, self._call(config)))
+
+        return _make_tool(request, "request", tools.request_description, tools.request_args_model)
+
+    def _connect_tool(self) -> BaseTool:
+        tools = self.tools
+
+        async def connect(config: RunnableConfig, **arguments: Any) -> tuple[str, BaseModel]:
+            return _rendered(await tools.run_connect(arguments, self._call(config)))
+
+        return _make_tool(connect, "connect", CONNECT_DESCRIPTION, ConnectArgs)
+
+
+def _make_tool(coroutine: Any, name: str, description: str, schema: type[BaseModel]) -> BaseTool:
+    # The JSON schema (with the `json` alias) is what the model sees; `AlterTools` validates the
+    # arguments itself, so a rejection carries the same payload as every other tool error.
+    return _AlterTool.from_function(
+        coroutine=coroutine, name=name, description=description,
+        args_schema=schema.model_json_schema(by_alias=True),
+        response_format="content_and_artifact", handle_tool_error=_tool_error_content,
+        handle_validation_error=_validation_error_content,
+    )
+
+
+def _rendered(outcome: BaseModel) -> tuple[str, BaseModel]:
+    if isinstance(outcome, ToolErrorPayload):
+        raise _ToolFailed(outcome)
+    return outcome.model_dump_json(exclude_none=True), outcome
+
+
+def _tool_error_content(error: ToolException) -> str:
+    if isinstance(error, _ToolFailed):
+        return error.payload.to_json()
+    return internal_payload(type(error).__name__).to_json()
+
+
+def _validation_error_content(error: Any) -> str:
+    if isinstance(error, ValidationError):
+        return arguments_error(error).payload().to_json()
+    return InvalidArgumentsError("Invalid arguments; check them against the tool's schema.").payload().to_json()
