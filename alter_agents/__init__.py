@@ -33,15 +33,20 @@ from alter_agents.models import (
     Principal,
     ToolErrorPayload,
 )
+from alter_agents.sessions import GrantSession, HeadlessSession, LocalSession, UserSession
 from alter_agents.settings import Settings
+from alter_agents.tools import AlterTools, CallContext
 from alter_agents.vault import LocalVault
 
 __all__ = [
     "AccountRef",
     "AlterError",
+    "AlterToolkit",
+    "AlterTools",
     "AmbiguousGrantError",
     "ApiResponse",
     "App",
+    "CallContext",
     "ConfigurationError",
     "ConnectDeniedError",
     "ConnectError",
@@ -53,8 +58,11 @@ __all__ = [
     "GrantError",
     "GrantNotFoundError",
     "GrantRef",
+    "GrantSession",
+    "HeadlessSession",
     "HostNotAllowedError",
     "InvalidArgumentsError",
+    "LocalSession",
     "LocalVault",
     "NotConnectedError",
     "Principal",
@@ -67,5 +75,15 @@ __all__ = [
     "UpstreamError",
     "UpstreamTimeoutError",
     "UpstreamUnreachableError",
+    "UserSession",
     "VaultKeyError",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """`AlterToolkit` needs the `langchain` extra, so it is imported only when asked for."""
+    if name == "AlterToolkit":
+        from alter_agents.langchain import AlterToolkit
+
+        return AlterToolkit
+    raise AttributeError(f"module 'alter_agents' has no attribute {name!r}")

@@ -186,5 +186,85 @@ async def audit(limit: int, grant_id: str | None, as_json: bool) -> None:
           as_json)
 
 
+@main.group()
+def vault() -> None:
+    """Run the vault as a service (the alter-sdk wire protocol over HTTP)."""
+
+
+@vault.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8780, show_default=True, help="Port to listen on (0 picks a free one).")
+def vault_serve(host: str, port: int) -> None:
+    """Serve the vault to alter-sdk clients and to App(base_url=..., api_key=...)."""
+    from alter_agents.vault.server import serve
+
+    serve(host, port)
+
+
+@main.group()
+def keys() -> None:
+    """Mint, list and revoke the vault server's API keys (only their hashes are stored)."""
+
+
+async def _with_keys(action: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    from alter_agents.vault.keys import ApiKeys
+
+    local = LocalVault()
+    try:
+        await local.open()
+        return await action(ApiKeys(local.store))
+    finally:
+        await local.aclose()
+
+
+def _key_row(info: Any) -> dict[str, Any]:
+    return {"key_id": info.key_id, "name": info.name, "hint": info.hint,
+            "created_at": info.created_at.isoformat(timespec="seconds"),
+            "last_used_at": info.last_used_at.isoformat(timespec="seconds") if info.last_used_at else None,
+            "status": "active" if info.active else "revoked"}
+
+
+@keys.command("create")
+@click.option("--name", help="What the key is for, e.g. the service that uses it.")
+@json_option
+@_run
+async def keys_create(name: str | None, as_json: bool) -> None:
+    """Mint an API key. It is shown once; the vault keeps only its hash."""
+    key, info = await _with_keys(lambda api: api.create(name))
+    if as_json:
+        click.echo(json.dumps({"api_key": key, **_key_row(info)}, indent=2))
+    else:
+        click.echo(key)
+        click.echo(f"Created API key {info.key_id}; store it now, it cannot be shown again.", err=True)
+
+
+@keys.command("list")
+@json_option
+@_run
+async def keys_list(as_json: bool) -> None:
+    """Every API key (never the key itself)."""
+    found = await _with_keys(lambda api: api.list())
+    _emit([_key_row(k) for k in found], ["key_id", "name", "hint", "status", "created_at", "last_used_at"], as_json)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@_run
+async def keys_revoke(key_id: str) -> None:
+    """Revoke KEY_ID (or a unique prefix of it); requests signed with it are refused at once."""
+    info = await _with_keys(lambda api: api.revoke(key_id))
+    click.echo(f"Revoked API key {info.key_id} ({info.hint}).")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.pass_context
+def mcp(ctx: click.Context) -> None:
+    """Run the MCP server (same options as `python -m mcp_server`; see `alter-agents mcp --help`)."""
+    # Imported here: the library never depends on the MCP server package (or the mcp SDK) at import time.
+    from mcp_server.__main__ import main as serve_mcp
+
+    serve_mcp.main(args=ctx.args, prog_name="alter-agents mcp", standalone_mode=True)
+
+
 if __name__ == "__main__":
     main()

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from alter_agents.errors import InvalidArgumentsError
 from alter_agents.models import ToolErrorPayload
-from alter_agents.tools import AlterTools, CallContext, RequestResult, _shielded, _validate
+from alter_agents.tools import AlterTools, CallContext, RequestResult, shielded, validate_args
 
 ACCOUNT_DESCRIPTION = "Which connected account to use (identifier or label), when several are connected."
 
@@ -81,7 +81,7 @@ class GrantTool:
     async def run(self, tools: AlterTools, args: BaseModel | Mapping[str, Any],
                   call: CallContext | None = None) -> Any:
         """Run the body; raises typed errors."""
-        parsed = _validate(self.schema_model(tools), dict(args) if isinstance(args, Mapping) else args)
+        parsed = validate_args(self.schema_model(tools), dict(args) if isinstance(args, Mapping) else args)
         values = parsed.model_dump(by_alias=False)
         account = values.pop("account", None)
         ctx = GrantContext(tools, self.provider, account, call)
@@ -90,7 +90,7 @@ class GrantTool:
     async def run_shielded(self, tools: AlterTools, args: BaseModel | Mapping[str, Any],
                            call: CallContext | None = None) -> Any | ToolErrorPayload:
         """Run the body; failures come back as the tool-error payload, never raised."""
-        return await _shielded(self.run(tools, args, call))
+        return await shielded(self.run(tools, args, call))
 
 
 def grant_tool(

@@ -12,6 +12,8 @@ arguments, so a model cannot choose whose grants it acts with. Needs `pip instal
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.messages import ToolMessage
@@ -21,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from alter_agents.app import App
 from alter_agents.errors import InvalidArgumentsError
+from alter_agents.grant_tools import GrantTool
 from alter_agents.models import ToolErrorPayload
 from alter_agents.sessions import GrantSession, Session, UserSession
 from alter_agents.tools import (
@@ -73,13 +76,14 @@ class AlterToolkit(BaseToolkit):
     `config["configurable"]["user_token"]` (see `user_config`), so one toolkit can serve many users;
     in local mode (no identity provider) it acts for the machine's single user. The other keyword
     arguments are `AlterTools`'s: `choose_account`, `on_connect_url`, `connect_wait`,
-    `max_body_bytes`, `remember_account`.
+    `max_body_bytes`, `remember_account`; `extra_tools` adds `@grant_tool` functions, scoped alike.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     tools: AlterTools
     _progress: Progress | None = PrivateAttr(default=None)
+    _extra: list[GrantTool] = PrivateAttr(default_factory=list)
 
     def __init__(
         self,
@@ -92,6 +96,7 @@ class AlterToolkit(BaseToolkit):
         max_body_bytes: int | None = None,
         remember_account: bool = True,
         progress: Progress | None = None,
+        extra_tools: Sequence[GrantTool] = (),
     ) -> None:
         options: dict[str, Any] = {"choose_account": choose_account, "on_connect_url": on_connect_url,
                                    "remember_account": remember_account}
@@ -102,12 +107,14 @@ class AlterToolkit(BaseToolkit):
         tools = AlterTools(app, session if session is not None else UserSession(), **options)
         super().__init__(tools=tools)
         self._progress = progress
+        self._extra = list(extra_tools)
 
     def get_tools(self) -> list[BaseTool]:
         """`[request, connect]`; a pinned-grant session gets `request` only (no provider, no account)."""
         result: list[BaseTool] = [self._request_tool()]
         if not isinstance(self.tools.session, GrantSession):
             result.append(self._connect_tool())
+        result.extend(self._grant_tool(extra) for extra in self._extra)
         return result
 
     def _call(self, config: RunnableConfig | None) -> CallContext:
@@ -130,6 +137,20 @@ class AlterToolkit(BaseToolkit):
             return _rendered(await tools.run_connect(arguments, self._call(config)))
 
         return _make_tool(connect, "connect", CONNECT_DESCRIPTION, ConnectArgs)
+
+
+    def _grant_tool(self, extra: GrantTool) -> BaseTool:
+        tools = self.tools
+
+        async def run(config: RunnableConfig, **arguments: Any) -> tuple[str, Any]:
+            outcome = await extra.run_shielded(tools, arguments, self._call(config))
+            if isinstance(outcome, ToolErrorPayload):
+                raise _ToolFailed(outcome)
+            if isinstance(outcome, BaseModel):
+                return outcome.model_dump_json(exclude_none=True), outcome
+            return json.dumps(outcome, default=str), outcome
+
+        return _make_tool(run, extra.name, extra.description, extra.schema_model(tools))
 
 
 def _make_tool(coroutine: Any, name: str, description: str, schema: type[BaseModel]) -> BaseTool:

@@ -209,11 +209,11 @@ class AlterTools:
     async def run_request(self, args: GrantRequestArgs | dict[str, Any], call: CallContext | None = None
                           ) -> RequestResult | ToolErrorPayload:
         """`request` that never raises: failures come back as the error payload."""
-        return await _shielded(self.request(args, call))
+        return await shielded(self.request(args, call))
 
     async def request(self, args: GrantRequestArgs | dict[str, Any], call: CallContext | None = None) -> RequestResult:
         """Resolve the grant for the call, send it, shape the response. Raises typed `AlterError`s."""
-        parsed = _validate(self.request_args_model, args)
+        parsed = validate_args(self.request_args_model, args)
         ctx = self._context(call)
         _refuse_credential_headers(parsed.headers)
         token = await self._user_token(ctx)
@@ -279,11 +279,11 @@ class AlterTools:
 
     async def run_connect(self, args: ConnectArgs | dict[str, Any], call: CallContext | None = None
                           ) -> ConnectResultOut | ToolErrorPayload:
-        return await _shielded(self.connect(args, call))
+        return await shielded(self.connect(args, call))
 
     async def connect(self, args: ConnectArgs | dict[str, Any], call: CallContext | None = None) -> ConnectResultOut:
         """Start (or check on) a connect flow and wait a while for the user. Raises typed `AlterError`s."""
-        parsed = _validate(ConnectArgs, args)
+        parsed = validate_args(ConnectArgs, args)
         ctx = self._context(call)
         if isinstance(self.session, GrantSession):
             raise InvalidArgumentsError("This session is pinned to one grant; connecting accounts is not available.",
@@ -352,7 +352,7 @@ class AlterTools:
                                 message=f"Connected {result.provider} account {result.account}.")
 
 
-def _validate(model: type[Any], args: Any) -> Any:
+def validate_args(model: type[Any], args: Any) -> Any:
     if isinstance(args, model):
         return args
     try:
@@ -416,7 +416,7 @@ def _host(url: str) -> str:
         return ""
 
 
-async def _shielded(work: Awaitable[_R]) -> _R | ToolErrorPayload:
+async def shielded(work: Awaitable[_R]) -> _R | ToolErrorPayload:
     try:
         return await work
     except AlterError as exc:

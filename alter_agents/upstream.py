@@ -8,6 +8,8 @@ there. Every occurrence of the credential in what comes back is redacted.
 from __future__ import annotations
 
 import base64
+import fnmatch
+import functools
 import ipaddress
 import time
 import urllib.parse
@@ -36,8 +38,12 @@ def is_loopback(host: str) -> bool:
 
 def check_destination(url: str, provider: str, hosts: tuple[str, ...] | list[str], allow_http: bool) -> httpx.URL:
     """Refuse a URL the credential may not be sent to; return it parsed."""
-    import fnmatch
+    return _check_destination(url, provider, tuple(hosts), allow_http)
 
+
+@functools.lru_cache(maxsize=1024)
+def _check_destination(url: str, provider: str, hosts: tuple[str, ...], allow_http: bool) -> httpx.URL:
+    """Pure, so an agent's repeated URLs are parsed once; refusals are raised, never cached."""
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError) as exc:
@@ -55,11 +61,12 @@ def check_destination(url: str, provider: str, hosts: tuple[str, ...] | list[str
     return parsed
 
 
-def _secret_forms(token: str) -> list[bytes]:
+@functools.lru_cache(maxsize=256)
+def _secret_forms(token: str) -> tuple[bytes, ...]:
     """The token as it may appear on the wire or be echoed back."""
     forms = {token, urllib.parse.quote(token, safe=""), urllib.parse.quote_plus(token)}
     forms.add(base64.b64encode(f"{token}:".encode()).decode())
-    return sorted((f.encode() for f in forms if len(f) >= 4), key=len, reverse=True)
+    return tuple(sorted((f.encode() for f in forms if len(f) >= 4), key=len, reverse=True))
 
 
 def redact(data: bytes, token: str) -> bytes:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from alter_agents import App, Settings
+from alter_agents.models import ConnectResult
 from alter_agents.vault.crypto import generate_key
 from tests.fixtures import AsyncBrowser, Browser, IdentityProvider, OAuthServer, UpstreamAPI
 
@@ -192,3 +193,13 @@ def sqlite_deployment(
 ) -> Deployment:
     """The same on SQLite only, for tests that are not about the store."""
     return make_deployment(tmp_path, sqlite_url, idp, oauth, upstream, oauth_client)
+
+
+async def connect_as(
+    app: App, browser: AsyncBrowser, provider: str, user: str, token: str | None, *, label: str | None = None,
+) -> ConnectResult:
+    """Start a connect for `token`'s user (app-owned when None), approve it as `user`, return the grant."""
+    start = await app.start_connect(provider, user_token=token, label=label, headless=token is None)
+    await browser.aapprove(start.connect_url, user)
+    status = await app.vault.wait_connect(start.session_id, 10)
+    return status.results[0]

@@ -2,10 +2,15 @@
 
 Only asymmetric algorithms are accepted, and each key only with the algorithms of its own type, so
 `alg: none` and HS256-signed-with-the-public-key tokens are refused before any signature check.
+
+A verified token's identity is remembered until its `exp` (never longer) and forgotten whenever the
+key set is reloaded, so a session's repeated calls skip the signature check without widening what is
+accepted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +31,7 @@ _ALGORITHMS_BY_KTY: dict[str, tuple[str, ...]] = {
 }
 LEEWAY_SECONDS = 30
 _MIN_REFETCH_INTERVAL = 30.0
+_MAX_REMEMBERED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +57,8 @@ class JWTVerifier:
         jwks_url: str | None = None,
         groups_claim: str = "groups",
         http: httpx.AsyncClient | None = None,
+        *,
+        refetch_interval: float = _MIN_REFETCH_INTERVAL,
     ) -> None:
         self.issuer = issuer
         self.audience = audience
@@ -58,10 +66,29 @@ class JWTVerifier:
         self._jwks_url = jwks_url
         self._http = http
         self._keys: dict[str, PyJWK] = {}
-        self._fetched_at = 0.0
+        self._refetch_interval = refetch_interval
+        self._refetched_at: float | None = None
         self._lock = anyio.Lock()
+        self._verified: dict[bytes, tuple[float, Identity]] = {}
 
     async def verify(self, token: str) -> Identity:
+        digest = hashlib.sha256(token.encode()).digest()
+        remembered = self._verified.get(digest)
+        if remembered is not None and remembered[0] > time.time():
+            return remembered[1]
+        identity = await self._verify(token)
+        self._remember(digest, float(identity.claims["exp"]), identity)
+        return identity
+
+    def _remember(self, digest: bytes, expires_at: float, identity: Identity) -> None:
+        if len(self._verified) >= _MAX_REMEMBERED:
+            now = time.time()
+            self._verified = {k: v for k, v in self._verified.items() if v[0] > now}
+            while len(self._verified) >= _MAX_REMEMBERED:
+                del self._verified[next(iter(self._verified))]
+        self._verified[digest] = (expires_at, identity)
+
+    async def _verify(self, token: str) -> Identity:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -106,12 +133,18 @@ class JWTVerifier:
         return self._keys.get(kid)
 
     async def _refresh(self, *, force: bool) -> None:
-        """Refetch the JWKS: always when empty, else at most once per interval (unknown `kid`)."""
+        """Load the JWKS when empty; on an unknown `kid`, refetch at most once per interval.
+
+        The first load does not count against the interval, so a key rotated in just after it is found.
+        """
         async with self._lock:
-            if not force and time.monotonic() - self._fetched_at < _MIN_REFETCH_INTERVAL:
-                return
             if force and self._keys:
                 return
+            now = time.monotonic()
+            if not force:
+                if self._refetched_at is not None and now - self._refetched_at < self._refetch_interval:
+                    return
+                self._refetched_at = now
             url = await self._resolve_jwks_url()
             try:
                 response = await self._client().get(url, timeout=10.0)
@@ -121,7 +154,7 @@ class JWTVerifier:
                 raise UnauthenticatedError(
                     f"Could not load the identity provider's signing keys: {exc}", retryable=True
                 ) from None
-            self._fetched_at = time.monotonic()
+            self._verified = {}
             self._keys = {k.key_id: k for k in jwks.keys if k.key_id}
             if not self._keys and jwks.keys:
                 self._keys = {"": jwks.keys[0]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 import uuid
@@ -30,6 +31,8 @@ from alter_agents.providers import Providers, ProviderSpec
 from alter_agents.settings import Settings
 from alter_agents.upstream import check_destination
 from alter_agents.vault import oauth
+from alter_agents.vault.audit import AuditWriter
+from alter_agents.vault.cache import GrantCache
 from alter_agents.vault.connect import ConnectFlows, ProgressCallback
 from alter_agents.vault.crypto import Cipher, load_or_create_key
 from alter_agents.vault.identity import Identity, JWTVerifier
@@ -39,6 +42,7 @@ from alter_agents.vault.store import AuditEntry, Store, StoredGrant
 REFRESH_SKEW_SECONDS = 60.0
 REFRESH_LEASE_SECONDS = 30.0
 _KEY_CHECK = b"alter-agents key check"
+_MAX_OPENED = 10_000
 
 
 class LocalVault:
@@ -48,6 +52,8 @@ class LocalVault:
         self.settings = settings or Settings.from_env()
         self.providers = providers or Providers.load(self.settings.providers_file)
         self.store = Store(self.settings.vault_url)
+        self.audit_log = AuditWriter(self.store)
+        self._grant_cache: GrantCache[list[StoredGrant]] = GrantCache(self.store)
         self._http = httpx.AsyncClient()
         self.verifier: JWTVerifier | None = None
         if self.settings.idp_issuer:
@@ -58,6 +64,8 @@ class LocalVault:
         self._cipher_obj: Cipher | None = None
         self._open_lock = asyncio.Lock()
         self._refresh_locks: dict[str, asyncio.Lock] = {}
+        self._opened: dict[bytes, dict[str, str | None]] = {}
+        self._refreshed: dict[str, tuple[bytes, float, dict[str, str | None]]] = {}
         self.connects = ConnectFlows(self.store, self._cipher, self.providers, self._http, self.settings.public_url)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -87,6 +95,7 @@ class LocalVault:
     async def aclose(self) -> None:
         await self.connects.aclose()
         await self._http.aclose()
+        await self.audit_log.aclose()
         await self.store.close()
 
     # -- identity ----------------------------------------------------------------------------
@@ -121,7 +130,8 @@ class LocalVault:
         """Pick the grant that backs a call (DESIGN §3) for an already verified caller."""
         await self.open()
         if grant_id:
-            stored = await self.store.get_grant(_canonical_uuid(grant_id)) if _is_uuid(grant_id) else None
+            found = await self._grant_cache.get(("id", grant_id), lambda: self._grant_by_id(grant_id))
+            stored = found[0] if found else None
             owned_by(stored.grant if stored else None, identity.owners() if identity else None, grant_id)
             assert stored is not None
             if provider and provider != stored.grant.provider:
@@ -134,10 +144,17 @@ class LocalVault:
             raise InvalidArgumentsError("Name the provider (or pass a grant id) so a grant can be chosen.")
         self.providers.get(provider)
         owners = identity.owners() if identity else [str(APP)]
-        candidates = await self.store.list_grants(owners, provider, statuses=("active", "needs_reauth"))
+        candidates = await self._grant_cache.get(
+            ("owners", tuple(owners), provider),
+            lambda: self.store.list_grants(owners, provider, statuses=("active", "needs_reauth")),
+        )
         by_id = {c.grant.grant_id: c for c in candidates}
         chosen = choose([c.grant for c in candidates], provider, account, label)
         return by_id[chosen.grant_id]
+
+    async def _grant_by_id(self, grant_id: str) -> list[StoredGrant]:
+        stored = await self.store.get_grant(_canonical_uuid(grant_id)) if _is_uuid(grant_id) else None
+        return [stored] if stored else []
 
     async def release_for(
         self,
@@ -173,8 +190,14 @@ class LocalVault:
                                   principal=principal or grant.owner)
 
     def _open_secret(self, stored: StoredGrant) -> dict[str, str | None]:
-        data: dict[str, str | None] = json.loads(self._cipher().decrypt(stored.secret, stored.grant.grant_id))
-        return data
+        """Decrypt a grant's credential; a ciphertext seen before (a unique random nonce) is not decrypted again."""
+        data = self._opened.get(stored.secret)
+        if data is None:
+            data = json.loads(self._cipher().decrypt(stored.secret, stored.grant.grant_id))
+            if len(self._opened) >= _MAX_OPENED:
+                self._opened.clear()
+            self._opened[stored.secret] = data
+        return dict(data)
 
     async def _access_token(self, stored: StoredGrant, spec: ProviderSpec) -> str:
         secret = self._open_secret(stored)
@@ -190,6 +213,9 @@ class LocalVault:
         grant_id = seen.grant.grant_id
         lock = self._refresh_locks.setdefault(grant_id, asyncio.Lock())
         async with lock:
+            done = self._refreshed.get(grant_id)
+            if done is not None and done[0] != seen.secret and done[1] - REFRESH_SKEW_SECONDS > time.time():
+                return dict(done[2])  # refreshed in this process while we waited for the lock
             deadline = time.monotonic() + REFRESH_LEASE_SECONDS + 5
             while True:
                 current = await self.store.get_grant(grant_id)
@@ -200,6 +226,12 @@ class LocalVault:
                 if current.secret != seen.secret and not _expired(current.grant):
                     return self._open_secret(current)  # someone else refreshed meanwhile
                 if await self.store.claim_refresh(grant_id, REFRESH_LEASE_SECONDS):
+                    # Another process may have committed its refresh between our read and our claim;
+                    # its old refresh token is dead now, so re-read under the lease before using it.
+                    current = await self.store.get_grant(grant_id) or current
+                    if current.secret != seen.secret and not _expired(current.grant):
+                        await self.store.finish_refresh(grant_id, secret=None, expires_at=None)
+                        return self._open_secret(current)
                     break
                 if time.monotonic() > deadline:
                     raise UpstreamUnreachableError("Another process is still refreshing this token; try again.")
@@ -218,6 +250,7 @@ class LocalVault:
                    "refresh_token": tokens.refresh_token or secret.get("refresh_token")}
             sealed = self._cipher().encrypt(json.dumps(new).encode(), grant_id)
             await self.store.finish_refresh(grant_id, secret=sealed, expires_at=tokens.expires_at)
+            self._refreshed[grant_id] = (sealed, tokens.expires_at or float("inf"), new)
             await self.store.record("refresh", grant_id=grant_id, provider=spec.name, detail="ok")
             return new
 
@@ -298,16 +331,23 @@ class LocalVault:
         self, grant: Grant, *, method: str, url: str, status: int | None, latency_ms: float | None,
         principal: str | None, error: str | None = None, action: str = "call",
     ) -> None:
-        parsed = httpx.URL(url)
-        await self.store.record(
+        host, path = _host_and_path(url)
+        self.audit_log.add(
             action, principal=principal, grant_id=grant.grant_id, provider=grant.provider,
-            method=method.upper(), host=parsed.host, path=parsed.path, status=status,
+            method=method.upper(), host=host, path=path, status=status,
             latency_ms=latency_ms, detail=error,
         )
 
     async def audit(self, limit: int = 100, grant_id: str | None = None) -> list[AuditEntry]:
         await self.open()
+        await self.audit_log.flush()
         return await self.store.audit_entries(limit, grant_id)
+
+
+@functools.lru_cache(maxsize=1024)
+def _host_and_path(url: str) -> tuple[str, str]:
+    parsed = httpx.URL(url)
+    return parsed.host, parsed.path
 
 
 def _due(grant: Grant) -> bool:

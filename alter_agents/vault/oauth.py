@@ -17,7 +17,7 @@ from authlib.common.security import generate_token
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
-from alter_agents.errors import ConfigurationError, ConnectError, UpstreamUnreachableError
+from alter_agents.errors import ConfigurationError, ConnectError, RateLimitedError, UpstreamUnreachableError
 from alter_agents.providers import ProviderSpec
 
 _RETRY_DELAYS = (0.2, 0.5, 1.0)
@@ -107,9 +107,10 @@ async def _token_request(http: httpx.AsyncClient, spec: ProviderSpec, form: dict
         if delay is None:
             break
         await anyio.sleep(delay)
-    raise UpstreamUnreachableError(
-        f"{spec.display_name or spec.name}'s token endpoint is unavailable ({last}); try again later."
-    )
+    name = spec.display_name or spec.name
+    if last == "HTTP 429":
+        raise RateLimitedError(f"{name} is rate limiting token requests; try again in a minute.", provider=spec.name)
+    raise UpstreamUnreachableError(f"{name}'s token endpoint is unavailable ({last}); try again later.")
 
 
 def _parse_token_response(response: httpx.Response) -> TokenSet:

@@ -15,7 +15,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -87,3 +87,53 @@ audit = Table(
     Column("detail", Text),
 )
 Index("ix_alter_audit_at", audit.c.at)
+
+# -- version 2: the vault server (API keys, request nonces, hosted connect sessions) -------------
+
+api_keys = Table(
+    "alter_api_keys",
+    metadata,
+    Column("key_id", String(36), primary_key=True),
+    Column("name", String(255)),
+    Column("kind", String(4), nullable=False),
+    Column("hint", String(32), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+    Column("last_used_at", Float),
+    Column("revoked_at", Float),
+)
+
+nonces = Table(
+    "alter_nonces",
+    metadata,
+    Column("nonce", String(128), primary_key=True),
+    Column("key_id", String(36), nullable=False),
+    Column("seen_at", Float, nullable=False),
+)
+Index("ix_alter_nonces_seen_at", nonces.c.seen_at)
+
+connect_links = Table(
+    "alter_connect_links",
+    metadata,
+    Column("link_id", String(64), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("key_id", String(36), nullable=False),
+    Column("owner", String(255), nullable=False),
+    Column("providers", Text, nullable=False),
+    Column("label", String(255)),
+    Column("scopes", Text),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+connect_link_flows = Table(
+    "alter_connect_link_flows",
+    metadata,
+    Column("session_id", String(64), primary_key=True),
+    Column("link_id", String(64), nullable=False),
+    Column("provider", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+Index("ix_alter_connect_link_flows_link", connect_link_flows.c.link_id)
+
+V2_TABLES = (api_keys, nonces, connect_links, connect_link_flows)

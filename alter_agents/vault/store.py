@@ -10,7 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,14 +21,24 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from alter_agents.errors import ConfigurationError
 from alter_agents.models import ConnectResult, Grant
 from alter_agents.vault import schema
 from alter_agents.vault.schema import audit, connect_sessions, grants, meta
 
 _BUSY_TIMEOUT_MS = 30_000
 
+# Grant writes made by this process, per store URL, so read caches of any Store on that URL can tell.
+_GRANT_WRITES: dict[str, int] = {}
+
+
+def _v1_to_v2(conn: Connection) -> None:
+    """Add the vault server's tables: API keys, request nonces, hosted connect sessions."""
+    schema.metadata.create_all(conn, tables=list(schema.V2_TABLES))
+
+
 # Upgrades from version N to N+1, applied in order to stores written by older releases.
-_MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}
 
 
 def _ts(value: float | None) -> datetime | None:
@@ -126,6 +136,14 @@ class Store:
     async def close(self) -> None:
         await self.engine.dispose()
 
+    @property
+    def grant_writes(self) -> int:
+        """How many grant writes this process has made to this store; caches compare it."""
+        return _GRANT_WRITES.get(self.url, 0)
+
+    def _wrote_grants(self) -> None:
+        _GRANT_WRITES[self.url] = _GRANT_WRITES.get(self.url, 0) + 1
+
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
         async with self.engine.connect() as conn:
@@ -137,6 +155,10 @@ class Store:
     async def _read(self) -> AsyncIterator[AsyncConnection]:
         async with self.engine.connect() as conn, conn.begin():
             yield conn
+
+    def transaction(self, *, write: bool = False) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection inside a transaction, for modules that keep their own tables in this store."""
+        return self._write() if write else self._read()
 
     # -- schema ------------------------------------------------------------------------------
 
@@ -238,6 +260,7 @@ class Store:
                         created = True
                 except IntegrityError:
                     continue  # another writer inserted the same account first; update it instead
+            self._wrote_grants()
             stored = await self.get_grant(grant_id)
             assert stored is not None
             return stored, created
@@ -250,11 +273,13 @@ class Store:
                 .where(grants.c.grant_id == grant_id)
                 .values(status=status, updated_at=time.time())
             )
+        self._wrote_grants()
         return bool(result.rowcount)
 
     async def delete_grant(self, grant_id: str) -> bool:
         async with self._write() as conn:
             result = await conn.execute(delete(grants).where(grants.c.grant_id == grant_id))
+        self._wrote_grants()
         return bool(result.rowcount)
 
     async def claim_refresh(self, grant_id: str, lease_seconds: float) -> bool:
@@ -280,6 +305,7 @@ class Store:
             values["status"] = status
         async with self._write() as conn:
             await conn.execute(update(grants).where(grants.c.grant_id == grant_id).values(values))
+        self._wrote_grants()
 
     async def refresh_lease(self, grant_id: str) -> float | None:
         async with self._read() as conn:
@@ -356,6 +382,23 @@ class Store:
         async with self._write() as conn:
             await conn.execute(insert(audit).values(at=time.time(), action=action, **fields))
 
+    async def record_many(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert audit rows (each with `at` and `action`) in one transaction.
+
+        A plain driver-level executemany: SQLAlchemy's per-row parameter processing costs several
+        times the insert itself, and these columns need no conversion.
+        """
+        if not rows:
+            return
+        columns = [c.name for c in audit.columns if c.name != "id"]
+        style = self.engine.dialect.paramstyle
+        marks = [f"${i}" if style == "numeric_dollar" else "?" if style == "qmark" else "%s"
+                 for i in range(1, len(columns) + 1)]
+        sql = f"INSERT INTO {audit.name} ({', '.join(columns)}) VALUES ({', '.join(marks)})"
+        values = [tuple(row.get(c) for c in columns) for row in rows]
+        async with self._write() as conn:
+            await conn.exec_driver_sql(sql, values)
+
     async def audit_entries(self, limit: int = 100, grant_id: str | None = None) -> list[AuditEntry]:
         query = select(audit).order_by(audit.c.id.desc()).limit(limit)
         if grant_id:
@@ -388,7 +431,7 @@ def _migrate_sync(conn: Connection) -> int:
         return schema.SCHEMA_VERSION
     version = int(conn.scalar(select(schema.schema_version.c.version)) or 0)
     if version > schema.SCHEMA_VERSION:
-        raise RuntimeError(
+        raise ConfigurationError(
             f"This vault store has schema version {version}; this alter-agents understands up to "
             f"{schema.SCHEMA_VERSION}. Upgrade alter-agents."
         )

@@ -1,0 +1,314 @@
+"""RemoteVault: the Vault protocol over HTTP, speaking the official `alter-sdk` wire protocol.
+
+Against our own vault server every error comes back as the typed error the embedded vault raises (the
+server sends its error payload along); against another server of the protocol, the standard error codes
+are mapped to the nearest of ours.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import anyio
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from alter_agents import errors
+from alter_agents.errors import (
+    AlterError,
+    AmbiguousGrantError,
+    ConfigurationError,
+    ConnectDeniedError,
+    ConnectError,
+    ConnectTimeoutError,
+    GrantNotFoundError,
+    NotConnectedError,
+    ReauthRequiredError,
+    UnauthenticatedError,
+    UpstreamUnreachableError,
+)
+from alter_agents.models import AccountRef, ConnectResult, ConnectStart, ConnectStatus, Grant, ReleasedCredential
+from alter_agents.providers import Providers, ProviderSpec
+from alter_agents.settings import Settings
+from alter_agents.upstream import is_loopback
+from alter_agents.vault.connect import ProgressCallback
+from alter_agents.vault.keys import is_well_formed
+from alter_agents.vault.signing import sign
+from alter_agents.vault.wire import (
+    ConnectSessionResponse,
+    GrantItem,
+    GrantListResponse,
+    PollResponse,
+    TokenResponse,
+    WireInjection,
+)
+
+_POLL_INTERVAL = 0.25
+M = TypeVar("M", bound=BaseModel)
+_PAGE = 1000
+
+
+class RemoteVault:
+    """A vault server (ours, or any server of the `alter-sdk` protocol) behind the Vault protocol."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, settings: Settings | None = None,
+                 *, timeout: float = 30.0) -> None:
+        api_key = api_key or os.environ.get("ALTER_API_KEY")
+        if not api_key:
+            raise ConfigurationError("A vault server needs an API key: pass api_key= or set ALTER_API_KEY.")
+        if not is_well_formed(api_key) and not api_key.startswith("alter_key_"):
+            raise ConfigurationError("The API key is malformed (expected alter_<type>_<random>_<checksum>).")
+        url = httpx.URL(base_url.rstrip("/"))
+        if url.scheme != "https" and not (url.scheme == "http" and is_loopback(url.host)):
+            raise ConfigurationError("The vault server URL must be https (plain http only on loopback).")
+        self.settings = settings or Settings.from_env()
+        self.providers = Providers.load(self.settings.providers_file)
+        self._api_key = api_key
+        self._prefix = url.path.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=str(url), timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"RemoteVault({str(self._http.base_url)!r}, api_key=<redacted>)"
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        content = json.dumps({k: v for k, v in body.items() if v is not None}, separators=(",", ":")).encode()
+        headers = {"x-api-key": self._api_key, "Content-Type": "application/json",
+                   **sign(self._api_key, "POST", path, content)}
+        try:
+            response = await self._http.post(self._prefix + path, content=content, headers=headers)
+        except httpx.TimeoutException:
+            raise UpstreamUnreachableError("The vault server did not answer in time.") from None
+        except httpx.TransportError as exc:
+            raise UpstreamUnreachableError(f"Could not reach the vault server: {type(exc).__name__}.") from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise UpstreamUnreachableError(f"The vault server answered HTTP {response.status_code} without JSON.")
+        if response.status_code >= 400:
+            raise _error_from_wire(response.status_code, data)
+        return data
+
+    # -- credentials ----------------------------------------------------------------------------
+
+    async def release_for(
+        self,
+        *,
+        url: str,
+        method: str = "GET",
+        provider: str | None = None,
+        user_token: str | None = None,
+        account: str | None = None,
+        label: str | None = None,
+        grant_id: str | None = None,
+    ) -> ReleasedCredential:
+        body: dict[str, Any] = {"request": {"method": method.upper(), "url": url}, "user_token": user_token}
+        if grant_id:
+            body["grant_id"] = grant_id
+        else:
+            body.update(provider_id=provider, account=account, label=label)
+        token = _parse(TokenResponse, await self._post("/sdk/token", body))
+        ext = token.alter_agents
+        if ext is not None:
+            injection = ext.injection.to_injection()
+            secret = token.access_token
+            if injection.basic:
+                secret = base64.b64decode(secret).decode().removesuffix(":")
+            principal = ext.grant.owner if not user_token else None
+            return ReleasedCredential(grant=ext.grant, token=secret, injection=injection, hosts=tuple(ext.hosts),
+                                      allow_http=ext.allow_http, principal=principal)
+        return self._foreign_credential(token, url, account, label)
+
+    def _foreign_credential(self, token: TokenResponse, url: str, account: str | None,
+                            label: str | None) -> ReleasedCredential:
+        """Another server's answer: bind the credential to the provider's hosts we know, else the URL's host."""
+        try:
+            known: ProviderSpec | None = self.providers.get(token.provider_id)
+        except AlterError:
+            known = None
+        parsed = httpx.URL(url)
+        hosts = tuple(known.hosts) if known else (parsed.host,)
+        allow_http = known.allow_http if known else parsed.scheme == "http" and is_loopback(parsed.host)
+        now = datetime.now(UTC)
+        grant = Grant(grant_id=token.grant_id, provider=token.provider_id, owner="remote", kind="oauth2",
+                      account=account or token.grant_id, label=label, scopes=token.scopes, created_at=now,
+                      updated_at=now, expires_at=_parse_time(token.expires_at))
+        injection = WireInjection(header=token.injection_header, format=token.injection_format).to_injection()
+        return ReleasedCredential(grant=grant, token=token.access_token, injection=injection, hosts=hosts,
+                                  allow_http=allow_http)
+
+    async def record_call(
+        self, grant: Grant, *, method: str, url: str, status: int | None, latency_ms: float | None,
+        principal: str | None, error: str | None = None, action: str = "call",
+    ) -> None:
+        """Best effort, as the official client does: an audit failure never fails the call."""
+        body = {"grant_id": grant.grant_id, "provider_id": grant.provider, "method": method.upper(),
+                "url": str(httpx.URL(url).copy_with(query=None)), "response_status": status or 0,
+                "latency_ms": int(latency_ms or 0)}
+        try:
+            await self._post("/sdk/oauth/audit/api-call", body)
+        except AlterError:
+            return
+
+    # -- grants ---------------------------------------------------------------------------------
+
+    async def list_grants(
+        self, *, user_token: str | None = None, provider: str | None = None, everyone: bool = False
+    ) -> list[Grant]:
+        found: list[Grant] = []
+        offset = 0
+        while True:
+            body = {"limit": _PAGE, "offset": offset, "provider_id": provider, "user_token": user_token,
+                    "alter_owner_scope": "operator" if everyone else "session"}
+            listed = _parse(GrantListResponse, await self._post("/sdk/grants/list", body))
+            found.extend(_grant_of(item) for item in listed.grants)
+            if not listed.has_more or not listed.grants:
+                return found
+            offset += len(listed.grants)
+
+    # -- connect ----------------------------------------------------------------------------------
+
+    async def start_connect(
+        self, provider: str, *, user_token: str | None = None, label: str | None = None,
+        scopes: list[str] | None = None, redirect_uri: str | None = None, headless: bool = False,
+    ) -> ConnectStart:
+        body = {"allowed_providers": [provider], "user_token": user_token, "label": label,
+                "required_scopes": {provider: scopes} if scopes else None, "alter_headless": headless}
+        session = _parse(ConnectSessionResponse, await self._post("/sdk/oauth/connect/session", body))
+        expires = _parse_time(session.expires_at) or datetime.fromtimestamp(time.time() + session.expires_in, UTC)
+        return ConnectStart(session_id=session.session_token, provider=provider, connect_url=session.connect_url,
+                            expires_at=expires)
+
+    async def connect_status(self, session_id: str) -> ConnectStatus:
+        polled = _parse(PollResponse, await self._post("/sdk/oauth/connect/session/poll",
+                                                       {"session_token": session_id}))
+        if polled.status == "completed":
+            return ConnectStatus(status="completed", results=[
+                ConnectResult(grant_id=g.grant_id, provider=g.provider_id, account=g.account_identifier or "",
+                              label=g.label, scopes=g.scopes, operation=g.operation)
+                for g in polled.grants or []
+            ])
+        if polled.status == "error":
+            code = polled.error.error_code if polled.error else "connect_failed"
+            message = polled.error.error_message if polled.error else None
+            return ConnectStatus(status="denied" if code == "connect_denied" else "error", error=message)
+        if polled.status in ("pending", "expired"):
+            return ConnectStatus(status=polled.status)  # type: ignore[arg-type]
+        return ConnectStatus(status="error", error=f"unexpected connect status {polled.status!r}")
+
+    async def wait_connect(self, session_id: str, timeout: float,
+                           on_progress: ProgressCallback | None = None) -> ConnectStatus:
+        """Poll until the user finishes; raises on denial, error or timeout (as the embedded vault does)."""
+        started = time.monotonic()
+        status = await self.connect_status(session_id)
+        while status.status == "pending":
+            elapsed = time.monotonic() - started
+            if elapsed >= timeout:
+                break
+            if on_progress is not None:
+                await on_progress(elapsed, "waiting for the user to finish signing in")
+            await anyio.sleep(min(_POLL_INTERVAL, max(timeout - elapsed, 0.01)))
+            status = await self.connect_status(session_id)
+        if status.status == "completed":
+            return status
+        if status.status == "denied":
+            raise ConnectDeniedError("The user did not grant access.", provider=None)
+        if status.status == "pending":
+            raise ConnectTimeoutError(
+                f"The user did not finish signing in within {timeout:.0f}s; call connect again later "
+                "to see whether they finished.",
+            )
+        raise ConnectError(f"Connect failed: {status.error or status.status}.")
+
+
+def _parse(model: type[M], data: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise UpstreamUnreachableError(f"The vault server sent a malformed {model.__name__}: {exc.error_count()} "
+                                       "field errors.", retryable=False) from None
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _grant_of(item: GrantItem) -> Grant:
+    if item.alter_agents is not None:
+        return item.alter_agents.grant
+    created = _parse_time(item.created_at) or datetime.now(UTC)
+    return Grant(
+        grant_id=item.grant_id, provider=item.provider_id or item.managed_secret_slug or "",
+        owner="app" if item.principal_type == "system" else item.principal_type,
+        kind="oauth2" if item.grant_kind == "oauth" else "secret", account=item.account_identifier or item.grant_id,
+        label=item.label, display_name=item.account_display_name, scopes=item.scopes,
+        status="active" if item.status == "active" else "needs_reauth", created_at=created, updated_at=created,
+        expires_at=_parse_time(item.expires_at),
+    )
+
+
+def _error_from_wire(status: int, data: dict[str, Any]) -> AlterError:
+    """Rebuild our typed error from a server error body."""
+    if isinstance(data.get("detail"), dict):
+        data = {**data["detail"], **{k: v for k, v in data.items() if k != "detail"}}
+    code = str(data.get("error") or "")
+    message = str(data.get("message") or f"The vault server answered HTTP {status}.")
+    provider = str(data.get("provider_id") or "")
+    ours: dict[str, Any] = data["alter_error"] if isinstance(data.get("alter_error"), dict) else {}
+    if code == "ambiguous_grant":
+        accounts = [AccountRef(account=str(c.get("account_identifier") or c.get("grant_id")), label=c.get("label"),
+                               display_name=c.get("account_display_name"))
+                    for c in data.get("candidates") or [] if isinstance(c, dict)]
+        if not accounts:
+            accounts = [AccountRef(account=str(a)) for a in data.get("account_identifiers") or []]
+        return AmbiguousGrantError(provider, accounts)
+    if code == "not_connected" or (status == 404 and provider and ours.get("code") != "grant_not_found"):
+        return NotConnectedError(provider, account=ours.get("account"), connect_url=ours.get("connect_url"))
+    if status == 404:
+        return GrantNotFoundError(str(ours.get("grant_id") or data.get("grant_id") or ""))
+    if code in ("credential_revoked", "grant_revoked") and provider:
+        return ReauthRequiredError(provider, ours.get("account"), connect_url=ours.get("connect_url"))
+    if code == "jwt_validation_error":
+        return UnauthenticatedError(message)
+    if ours.get("code"):
+        return _rebuild(str(data.get("alter_error_type") or ""), ours)
+    if status == 401:
+        return ConfigurationError(f"The vault server refused this client: {message} ({code or status}).")
+    if status in (429, 503, 504) or status >= 500:
+        return UpstreamUnreachableError(f"The vault server is unavailable: {message}")
+    return AlterError(message, wire_error=code or None)
+
+
+def _rebuild(type_name: str, body: dict[str, Any]) -> AlterError:
+    """The same class, message and data as the server's error, without re-running its constructor."""
+    cls = getattr(errors, type_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, AlterError)):
+        cls = next((c for c in _leaf_classes() if c.code == body.get("code")), AlterError)
+    data = {k: v for k, v in body.items() if k not in ("code", "message", "retryable", "user_action")}
+    exc = cls.__new__(cls)
+    AlterError.__init__(exc, str(body.get("message", "")), **data)
+    return exc
+
+
+def _leaf_classes() -> list[type[AlterError]]:
+    found: list[type[AlterError]] = []
+    pending: list[type[AlterError]] = [AlterError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return [c for c in found if c.code != "internal"]
