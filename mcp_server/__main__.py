@@ -1,0 +1,100 @@
+"""`python -m mcp_server` (also `alter-agents mcp`): stdio by default, `--transport http` for many users."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import anyio
+import click
+
+from alter_agents.app import App
+from alter_agents.sessions import GrantSession, LocalSession, Session, UserSession
+from alter_agents.settings import Settings
+from alter_agents.tools import DEFAULT_CONNECT_WAIT
+from mcp_server.auth import session_jwt
+from mcp_server.http import bind, build_http, serve_http
+from mcp_server.server import build_server
+
+
+class TokenFile:
+    """Reads the user's JWT from a file, again whenever the file changes (tokens are short-lived)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = anyio.Path(path)
+        self._stamp: tuple[int, int] | None = None
+        self._token = ""
+
+    async def __call__(self) -> str:
+        stat = await self.path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp != self._stamp:
+            self._token = (await self.path.read_text("utf-8")).strip()
+            self._stamp = stamp
+        return self._token
+
+
+def stdio_session(token_file: Path | None, grant_id: str | None) -> Session:
+    if grant_id:
+        return GrantSession(grant_id)
+    if token_file is not None:
+        return UserSession(TokenFile(token_file))
+    if os.environ.get("ALTER_USER_TOKEN"):
+        return UserSession(os.environ["ALTER_USER_TOKEN"])
+    return LocalSession()
+
+
+def http_session(settings: Settings, grant_id: str | None) -> Session:
+    if grant_id:
+        return GrantSession(grant_id)
+    if settings.identity_provider_configured:
+        return UserSession(session_jwt)
+    return LocalSession()
+
+
+@click.command(name="mcp")
+@click.option("--transport", type=click.Choice(["stdio", "http"]), default="stdio", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="HTTP: interface to listen on.")
+@click.option("--port", default=8765, show_default=True, help="HTTP: port (0 picks a free one).")
+@click.option("--user-token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              envvar="ALTER_USER_TOKEN_FILE", help="stdio: act for the user whose JWT is in this file.")
+@click.option("--grant-id", envvar="ALTER_GRANT_ID", help="Pin every call to this one grant.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True,
+              help="HTTP: another Host header value to accept (behind a proxy), e.g. mcp.example.com.")
+@click.option("--connect-wait", default=DEFAULT_CONNECT_WAIT, show_default=True,
+              help="Seconds `connect` waits for the browser before answering 'pending'.")
+def main(transport: str, host: str, port: int, user_token_file: Path | None, grant_id: str | None,
+         allowed_hosts: tuple[str, ...], connect_wait: float) -> None:
+    """Serve the `request` and `connect` tools over MCP.
+
+    With no configuration it serves this machine's vault for its single user over stdio. Over HTTP,
+    every request must carry a bearer JWT from ALTER_IDP_ISSUER, or, with no identity provider, the
+    random token printed at start.
+    """
+    settings = Settings.from_env()
+    if transport == "stdio":
+        anyio.run(_serve_stdio, settings, stdio_session(user_token_file, grant_id), connect_wait)
+        return
+    sock = bind(host, port)
+    actual_port = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    settings = replace(settings, public_url=settings.public_url or f"http://{shown}:{actual_port}")
+    app = App(settings=settings)
+    state_keys = tuple(k.strip() for k in os.environ.get("ALTER_MCP_STATE_KEYS", "").split(",") if k.strip())
+    http = build_http(app, http_session(settings, grant_id), host=host, port=actual_port,
+                      public_url=settings.public_url or "", allowed_hosts=allowed_hosts, connect_wait=connect_wait,
+                      state_keys=state_keys)
+    anyio.run(serve_http, http, app, sock)
+
+
+async def _serve_stdio(settings: Settings, session: Session, connect_wait: float) -> None:
+    app = App(settings=settings)
+    try:
+        await build_server(app, session, connect_wait=connect_wait).run_stdio_async()
+    finally:
+        await app.aclose()
+
+
+if __name__ == "__main__":
+    main()

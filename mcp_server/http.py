@@ -1,0 +1,109 @@
+"""The streamable HTTP transport: bearer auth, DNS-rebinding protection and the OAuth callback route."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import uvicorn
+from mcp.server.auth.provider import TokenVerifier
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
+from alter_agents.app import App
+from alter_agents.sessions import Session
+from alter_agents.tools import DEFAULT_CONNECT_WAIT
+from alter_agents.vault.identity import JWTVerifier
+from alter_agents.vault.local import LocalVault
+from mcp_server.auth import JWTTokenVerifier, StaticTokenVerifier, auth_settings, new_bearer_token
+from mcp_server.server import build_server
+
+CALLBACK_PATH = "/oauth/callback"
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class HttpServer:
+    """The ASGI app, and the bearer token to print when no identity provider is configured."""
+
+    asgi: Starlette
+    mcp: MCPServer
+    public_url: str
+    local_token: str | None
+
+
+def build_http(app: App, session: Session, *, host: str, port: int, public_url: str,
+               allowed_hosts: tuple[str, ...] = (), connect_wait: float = DEFAULT_CONNECT_WAIT,
+               local_token: str | None = None, state_keys: tuple[str, ...] = ()) -> HttpServer:
+    """`app`'s vault must be configured with `public_url` so connect redirects come back here."""
+    verifier, token = _verifier(app, local_token)
+    issuer = app.vault.settings.idp_issuer if isinstance(app.vault, LocalVault) else None
+    server = build_server(app, session, connect_wait=connect_wait, auth=auth_settings(public_url, issuer),
+                          token_verifier=verifier, state_keys=state_keys)
+    if isinstance(app.vault, LocalVault):
+        _add_callback_route(server, app.vault)
+    asgi = server.streamable_http_app(transport_security=_transport_security(host, public_url, allowed_hosts),
+                                      host=host)
+    return HttpServer(asgi, server, public_url, token)
+
+
+async def serve_http(http: HttpServer, app: App, sock: socket.socket) -> None:
+    """Serve until interrupted; the local token is printed once, to stderr."""
+    print(f"alter-agents MCP server at {http.public_url}/mcp", file=sys.stderr, flush=True)
+    if http.local_token:
+        print(f"Local mode: send 'Authorization: Bearer {http.local_token}' (printed once).",
+              file=sys.stderr, flush=True)
+    config = uvicorn.Config(http.asgi, log_level="warning", access_log=False)
+    try:
+        await uvicorn.Server(config).serve(sockets=[sock])
+    finally:
+        await app.aclose()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)  # queue clients that connect before uvicorn takes over the socket
+    return sock
+
+
+def _verifier(app: App, local_token: str | None) -> tuple[TokenVerifier, str | None]:
+    vault = app.vault
+    if isinstance(vault, LocalVault) and vault.settings.identity_provider_configured:
+        jwt = vault.verifier or JWTVerifier(vault.settings.idp_issuer or "", vault.settings.idp_audience,
+                                            vault.settings.idp_jwks_url, vault.settings.idp_groups_claim)
+        return JWTTokenVerifier(jwt), None
+    token = local_token or new_bearer_token()
+    return StaticTokenVerifier(token), token
+
+
+def _add_callback_route(server: MCPServer, vault: LocalVault) -> None:
+    """The provider redirects the user's browser here; flow state is in the store, so any replica can finish."""
+
+    @server.custom_route(CALLBACK_PATH, methods=["GET"])  # type: ignore[untyped-decorator]
+    async def oauth_callback(request: Request) -> Response:
+        finished, message = await vault.complete_connect(dict(request.query_params))
+        page = f"<!doctype html><title>alter-agents</title><p>{_escape(message)}</p>"
+        return HTMLResponse(page, status_code=200 if finished else 400)
+
+
+def _transport_security(host: str, public_url: str, extra: tuple[str, ...]) -> TransportSecuritySettings:
+    public = urlsplit(public_url)
+    hosts = [public.netloc, *extra]
+    origins = [f"{public.scheme}://{public.netloc}"]
+    if host in _LOOPBACK or public.hostname in _LOOPBACK:
+        hosts += ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+        origins += ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
+                                     allowed_origins=origins)
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

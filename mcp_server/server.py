@@ -1,0 +1,175 @@
+"""Build the MCP server: the `request` and `connect` tools of `alter_agents.tools`, rendered for MCP.
+
+The server holds no resolution logic. Each call runs the framework-neutral tool and renders its
+result (or its error payload) as `structuredContent` plus the same JSON as text, `isError` for errors.
+The declared `outputSchema` admits both shapes, since some clients validate errors against it too.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Annotated, Any
+
+from mcp.server.auth.provider import TokenVerifier
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.tools import Tool
+from mcp.server.request_state import RequestStateSecurity
+from mcp_types import CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field, TypeAdapter
+
+from alter_agents.app import App
+from alter_agents.models import ToolErrorPayload
+from alter_agents.sessions import Session
+from alter_agents.tools import (
+    CONNECT_DESCRIPTION,
+    DEFAULT_CONNECT_WAIT,
+    AlterTools,
+    CallContext,
+    ConnectArgs,
+    ConnectResultOut,
+    RequestResult,
+)
+from mcp_server.auth import request_jwt
+from mcp_server.elicit import ClientReach
+from mcp_server.resources import add_grants_resource
+
+SERVER_NAME = "alter-agents"
+INSTRUCTIONS = (
+    "Use `request` to call a connected provider's HTTP API as the user; credentials are added for you. "
+    "If no account is connected, call `connect` and show the user the link it returns."
+)
+ToolReturn = CallToolResult | InputRequiredResult
+_Body = Callable[[dict[str, Any], Context[Any, Any]], Awaitable[ToolReturn]]
+
+REQUEST_ANNOTATIONS = ToolAnnotations(
+    title="Call a connected API", read_only_hint=False, destructive_hint=True, idempotent_hint=False,
+    open_world_hint=True,
+)
+CONNECT_ANNOTATIONS = ToolAnnotations(
+    title="Link an account", read_only_hint=False, destructive_hint=False, idempotent_hint=True,
+    open_world_hint=True,
+)
+
+
+def build_server(
+    app: App,
+    session: Session,
+    *,
+    connect_wait: float = DEFAULT_CONNECT_WAIT,
+    auth: AuthSettings | None = None,
+    token_verifier: TokenVerifier | None = None,
+    state_keys: Sequence[str] = (),
+) -> MCPServer:
+    """An MCP server acting for `session` (over HTTP, per request for the bearer's user).
+
+    `state_keys` (>= 32 bytes each, newest first) let every replica open the `requestState` of a
+    2026-07-28 retry that another replica issued; without them each process uses its own key.
+    """
+    surface = _Surface(app, session, connect_wait)
+    tools = [
+        _tool("request", surface.tools.request_description, REQUEST_ANNOTATIONS,
+              surface.tools.request_args_model, RequestResult, surface.request),
+    ]
+    if not surface.tools.pinned:
+        tools.append(_tool("connect", CONNECT_DESCRIPTION, CONNECT_ANNOTATIONS, ConnectArgs, ConnectResultOut,
+                           surface.connect))
+    security = RequestStateSecurity(keys=list(state_keys)) if state_keys else None
+    server: MCPServer = MCPServer(SERVER_NAME, instructions=INSTRUCTIONS, tools=tools, auth=auth,
+                                  token_verifier=token_verifier, request_state_security=security)
+    add_grants_resource(server, app, session)
+    return server
+
+
+class _Surface:
+    """Per-call glue: the caller's token, the client's ways to reach the human, progress."""
+
+    def __init__(self, app: App, session: Session, connect_wait: float) -> None:
+        self.tools = AlterTools(app, session, connect_wait=connect_wait)
+        # Same session (so the same pending flows), but returns the connect URL at once.
+        self._no_wait = AlterTools(app, session, connect_wait=0.0)
+
+    async def request(self, arguments: dict[str, Any], ctx: Context[Any, Any]) -> ToolReturn:
+        reach = ClientReach(ctx)
+        chosen = reach.answered_account()
+        if chosen and not self.tools.pinned:
+            arguments = {**arguments, "account": chosen}
+        call = CallContext(user_token=request_jwt(), choose_account=reach.choose_account, progress=_progress(ctx))
+        result = await self.tools.run_request(arguments, call)
+        if isinstance(result, ToolErrorPayload) and result.error.code == "ambiguous_grant" and result.error.accounts:
+            question = reach.ask_account(result.error.provider or "", result.error.accounts)
+            if question is not None:
+                return question
+        return render(result)
+
+    async def connect(self, arguments: dict[str, Any], ctx: Context[Any, Any]) -> ToolReturn:
+        reach = ClientReach(ctx)
+        provider = str(arguments.get("provider", ""))
+        call = CallContext(user_token=request_jwt(), progress=_progress(ctx))
+        accepted, offered = reach.url_answer()
+        if offered is not None and not accepted:
+            return render(offered)
+        if offered is None and reach.can_url:
+            first = await self._no_wait.run_connect(arguments, CallContext(user_token=call.user_token))
+            if not isinstance(first, ConnectResultOut) or first.status != "pending":
+                return render(first)
+            question = reach.offer_url(provider, first)
+            if question is not None:
+                return question
+            elicitation_id = await reach.open_url(provider, first)
+            if elicitation_id is None:
+                return render(first)
+            result = await self.tools.run_connect(arguments, call)
+            if isinstance(result, ConnectResultOut) and result.status == "connected":
+                await reach.completed(elicitation_id)
+            return render(result)
+        return render(await self.tools.run_connect(arguments, call))
+
+
+def render(result: BaseModel) -> CallToolResult:
+    """`structuredContent` and the same JSON as text; `isError` for the error payload."""
+    data = result.model_dump(mode="json", by_alias=True, exclude_none=isinstance(result, ToolErrorPayload))
+    text = json.dumps(data, ensure_ascii=False)
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data,
+                          is_error=isinstance(result, ToolErrorPayload))
+
+
+def output_schema(result: type[BaseModel]) -> dict[str, Any]:
+    """An object schema admitting the result or the error payload."""
+    either: Any = result | ToolErrorPayload
+    schema = TypeAdapter(either).json_schema()
+    return {"type": "object", **schema}
+
+
+def _progress(ctx: Context[Any, Any]) -> Callable[[float, float | None, str], Awaitable[None]]:
+    async def report(done: float, total: float | None, message: str) -> None:
+        await ctx.report_progress(done, total, message)
+
+    return report
+
+
+def _tool(name: str, description: str, annotations: ToolAnnotations, arguments: type[BaseModel],
+          result: type[BaseModel], body: _Body) -> Tool:
+    """A tool whose flat input schema is `arguments`' fields and whose output admits result or error."""
+
+    async def call(ctx: Context[Any, Any], **values: Any) -> ToolReturn:
+        return await body(values, ctx)
+
+    call.__name__ = name
+    parameters = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
+    hints: dict[str, Any] = {"ctx": Context}
+    for field_name, field in arguments.model_fields.items():
+        key = field.alias or field_name
+        hint = Annotated[field.annotation, Field(description=field.description)]  # type: ignore[name-defined]
+        default = inspect.Parameter.empty if field.is_required() else field.get_default(call_default_factory=True)
+        parameters.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hint))
+        hints[key] = hint
+    returns = Annotated[CallToolResult, result] | InputRequiredResult
+    hints["return"] = returns
+    call.__signature__ = inspect.Signature(parameters, return_annotation=returns)  # type: ignore[attr-defined]
+    call.__annotations__ = hints
+    tool = Tool.from_function(call, name=name, description=description, annotations=annotations)
+    tool.fn_metadata.output_schema = output_schema(result)
+    return tool
