@@ -10,6 +10,7 @@ from alter_agents.app import App
 from alter_agents.errors import AlterError
 from alter_agents.models import Grant
 from alter_agents.sessions import GrantSession, Session, UserSession
+from mcp_server.auth import request_jwt
 
 GRANTS_URI = "alter://grants"
 _FIELDS = ("provider", "account", "label", "display_name", "scopes", "status")
@@ -28,9 +29,13 @@ def add_grants_resource(server: MCPServer, app: App, session: Session) -> None:
 
 
 async def _session_grants(app: App, session: Session) -> list[Grant]:
+    token = request_jwt()
+    if token is None and isinstance(session, UserSession):
+        token = await session.user_token()
     if isinstance(session, GrantSession):
+        if token:  # a pinned grant is shown only to a user who owns it, as `request` enforces
+            return [g for g in await app.grants(user_token=token) if g.grant_id == session.grant_id]
         get_grant = getattr(app.vault, "get_grant", None)
         grant = await get_grant(session.grant_id) if get_grant is not None else None
         return [grant] if isinstance(grant, Grant) and grant.status != "revoked" else []
-    token = await session.user_token() if isinstance(session, UserSession) else None
     return await app.grants(user_token=token)

@@ -211,10 +211,14 @@ async def test_a_service_can_pin_one_grant_over_http(sqlite_deployment: Deployme
     async with http_server(d, lambda _s: GrantSession(grant.grant_id)) as srv:
         async with srv.client(alice) as client:
             mine = await client.call_tool("request", {"url": f"{d.upstream.url}/echo/x"})
+            my_listing = await client.read_resource("alter://grants")
         async with srv.client(mallory) as client:
             theirs = await client.call_tool("request", {"url": f"{d.upstream.url}/echo/x"})
+            their_listing = await client.read_resource("alter://grants")
     assert payload(mine)["body"]["account"] == "alice-gh"
     assert theirs.is_error and payload(theirs)["error"]["code"] == "grant_not_found"
+    assert [g["account"] for g in json.loads(my_listing.contents[0].text)["grants"]] == ["alice-gh"]
+    assert json.loads(their_listing.contents[0].text)["grants"] == []
 
 
 async def test_alter_agents_mcp_over_http_prints_its_local_token_once_and_serves_it(
