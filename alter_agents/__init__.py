@@ -21,7 +21,9 @@ from alter_agents.errors import (
     UpstreamTimeoutError,
     UpstreamUnreachableError,
     VaultKeyError,
+    VaultUnavailableError,
 )
+from alter_agents.grant_tools import GrantContext, GrantTool, grant_tool, load_grant_tools
 from alter_agents.models import (
     AccountRef,
     ApiResponse,
@@ -55,10 +57,12 @@ __all__ = [
     "ConnectStatus",
     "ConnectTimeoutError",
     "Grant",
+    "GrantContext",
     "GrantError",
     "GrantNotFoundError",
     "GrantRef",
     "GrantSession",
+    "GrantTool",
     "HeadlessSession",
     "HostNotAllowedError",
     "InvalidArgumentsError",
@@ -77,6 +81,9 @@ __all__ = [
     "UpstreamUnreachableError",
     "UserSession",
     "VaultKeyError",
+    "VaultUnavailableError",
+    "grant_tool",
+    "load_grant_tools",
 ]
 
 

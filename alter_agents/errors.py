@@ -18,7 +18,8 @@
      │    ├── ConnectTimeoutError    connect_timeout
      │    └── ConnectDeniedError     connect_denied
      ├── RateLimitedError            rate_limited
-     └── VaultKeyError               internal (wrong or corrupt ALTER_VAULT_KEY)
+     ├── VaultKeyError               internal (wrong or corrupt ALTER_VAULT_KEY)
+     └── VaultUnavailableError       internal, retryable (the store cannot be reached right now)
 """
 
 from __future__ import annotations
@@ -72,6 +73,13 @@ class ConfigurationError(AlterError):
 
 class VaultKeyError(AlterError):
     """The at-rest key cannot decrypt the store: wrong or corrupt `ALTER_VAULT_KEY`."""
+
+
+class VaultUnavailableError(AlterError):
+    """The vault's database is down, restarting or unreachable; the same call can succeed later."""
+
+    user_action = "retry_later"
+    retryable = True
 
 
 class InvalidArgumentsError(AlterError):

@@ -12,7 +12,6 @@ arguments, so a model cannot choose whose grants it acts with. Needs `pip instal
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ from langchain_core.messages import ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, BaseToolkit, StructuredTool, ToolException
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+from pydantic_core import to_json
 
 from alter_agents.app import App
 from alter_agents.errors import InvalidArgumentsError
@@ -148,7 +148,7 @@ class AlterToolkit(BaseToolkit):
                 raise _ToolFailed(outcome)
             if isinstance(outcome, BaseModel):
                 return outcome.model_dump_json(exclude_none=True), outcome
-            return json.dumps(outcome, default=str), outcome
+            return to_json(outcome, fallback=str).decode(), outcome  # nested models and dates too
 
         return _make_tool(run, extra.name, extra.description, extra.schema_model(tools))
 

@@ -4,8 +4,9 @@
 - `GET/POST /authorize` — a consent page where a person types which account to sign in as and approves
   (authorization code flow, PKCE S256 required);
 - `POST /token` — code and refresh-token exchange;
-- `GET /api/me` (`{"login": ...}`, how the vault learns the account) and `GET /api/inbox`, both behind
-  `Authorization: Bearer`.
+- `GET /api/me` (`{"login": ...}`, how the vault learns the account), `GET /api/inbox`,
+  `GET /api/repos/{owner}/{repo}/issues?state=open|closed|all` (the caller's assigned issues) and
+  `GET/POST /api/channels/{channel}/messages` (a chat channel), all behind `Authorization: Bearer`.
 
 `DemoProvider.configure(tmp_dir)` writes a providers file and returns the environment for a throwaway
 vault that knows the `demo` provider. `approve(connect_url, account)` plays the human in the browser.
@@ -42,6 +43,10 @@ CONSENT = """<!doctype html><meta charset="utf-8"><title>Demo sign-in</title>
 </form></body>"""
 
 
+ISSUES = [("Login page times out on slow networks", "open"), ("Billing email has the wrong logo", "open"),
+          ("Crash when the inbox is empty", "closed")]
+
+
 @dataclass
 class _Code:
     account: str
@@ -59,6 +64,7 @@ class DemoProvider:
     codes: dict[str, _Code] = field(default_factory=dict)
     access: dict[str, str] = field(default_factory=dict)  # access token -> account
     refresh: dict[str, str] = field(default_factory=dict)  # refresh token -> account
+    messages: list[dict[str, object]] = field(default_factory=list)  # posted chat messages, oldest first
     port: int = 0
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
@@ -118,6 +124,8 @@ account = {{ url = "{self.url}/api/me", field = "login", display_field = "name" 
             Route("/token", self._token, methods=["POST"]),
             Route("/api/me", self._me),
             Route("/api/inbox", self._inbox),
+            Route("/api/repos/{owner}/{repo}/issues", self._issues),
+            Route("/api/channels/{channel}/messages", self._messages, methods=["GET", "POST"]),
         ])
 
     async def _authorize(self, request: Request) -> Response:
@@ -183,6 +191,30 @@ account = {{ url = "{self.url}/api/me", field = "login", display_field = "name" 
             {"from": "ops@demo.test", "subject": f"Welcome, {account}"},
             {"from": "billing@demo.test", "subject": "Your invoice"},
         ]})
+
+    async def _issues(self, request: Request) -> Response:
+        account = self._account(request)
+        if account is None:
+            return JSONResponse({"error": "unauthorized"}, status_code=401)
+        repo = f"{request.path_params['owner']}/{request.path_params['repo']}"
+        state = request.query_params.get("state", "open")
+        issues = [{"number": n, "title": title, "state": status, "assignee": account, "repo": repo}
+                  for n, (title, status) in enumerate(ISSUES, start=1)]
+        return JSONResponse([i for i in issues if state == "all" or i["state"] == state])
+
+    async def _messages(self, request: Request) -> Response:
+        account = self._account(request)
+        if account is None:
+            return JSONResponse({"error": "unauthorized"}, status_code=401)
+        channel = request.path_params["channel"]
+        if request.method == "GET":
+            return JSONResponse([m for m in self.messages if m["channel"] == channel])
+        text = (await request.json()).get("text")
+        if not isinstance(text, str) or not text.strip():
+            return JSONResponse({"error": "text is required"}, status_code=422)
+        message = {"id": len(self.messages) + 1, "channel": channel, "text": text, "author": account}
+        self.messages.append(message)
+        return JSONResponse(message, status_code=201)
 
 
 async def approve(connect_url: str, account: str) -> None:

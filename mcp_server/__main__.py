@@ -10,6 +10,7 @@ import anyio
 import click
 
 from alter_agents.app import App
+from alter_agents.grant_tools import GrantTool, load_grant_tools
 from alter_agents.sessions import GrantSession, LocalSession, Session, UserSession
 from alter_agents.settings import Settings
 from alter_agents.tools import DEFAULT_CONNECT_WAIT
@@ -64,8 +65,10 @@ def http_session(settings: Settings, grant_id: str | None) -> Session:
               help="HTTP: another Host header value to accept (behind a proxy), e.g. mcp.example.com.")
 @click.option("--connect-wait", default=DEFAULT_CONNECT_WAIT, show_default=True,
               help="Seconds `connect` waits for the browser before answering 'pending'.")
+@click.option("--tools", "tool_specs", multiple=True, envvar="ALTER_MCP_TOOLS",
+              help="Also serve @grant_tool functions: module:attr or path/to/file.py:attr (a tool or a list).")
 def main(transport: str, host: str, port: int, user_token_file: Path | None, grant_id: str | None,
-         allowed_hosts: tuple[str, ...], connect_wait: float) -> None:
+         allowed_hosts: tuple[str, ...], connect_wait: float, tool_specs: tuple[str, ...]) -> None:
     """Serve the `request` and `connect` tools over MCP.
 
     With no configuration it serves this machine's vault for its single user over stdio. Over HTTP,
@@ -73,8 +76,9 @@ def main(transport: str, host: str, port: int, user_token_file: Path | None, gra
     random token printed at start.
     """
     settings = Settings.from_env()
+    extra_tools = _load_tools(tool_specs)
     if transport == "stdio":
-        anyio.run(_serve_stdio, settings, stdio_session(user_token_file, grant_id), connect_wait)
+        anyio.run(_serve_stdio, settings, stdio_session(user_token_file, grant_id), connect_wait, extra_tools)
         return
     sock = bind(host, port)
     actual_port = sock.getsockname()[1]
@@ -84,14 +88,23 @@ def main(transport: str, host: str, port: int, user_token_file: Path | None, gra
     state_keys = tuple(k.strip() for k in os.environ.get("ALTER_MCP_STATE_KEYS", "").split(",") if k.strip())
     http = build_http(app, http_session(settings, grant_id), host=host, port=actual_port,
                       public_url=settings.public_url or "", allowed_hosts=allowed_hosts, connect_wait=connect_wait,
-                      state_keys=state_keys)
+                      state_keys=state_keys, extra_tools=extra_tools)
     anyio.run(serve_http, http, app, sock)
 
 
-async def _serve_stdio(settings: Settings, session: Session, connect_wait: float) -> None:
+def _load_tools(specs: tuple[str, ...]) -> list[GrantTool]:
+    """`--tools` values (click splits ALTER_MCP_TOOLS on whitespace into several)."""
+    try:
+        return [tool for spec in specs for tool in load_grant_tools(spec)]
+    except (ImportError, ValueError, TypeError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--tools") from exc
+
+
+async def _serve_stdio(settings: Settings, session: Session, connect_wait: float,
+                       extra_tools: list[GrantTool]) -> None:
     app = App(settings=settings)
     try:
-        await build_server(app, session, connect_wait=connect_wait).run_stdio_async()
+        await build_server(app, session, connect_wait=connect_wait, extra_tools=extra_tools).run_stdio_async()
     finally:
         await app.aclose()
 

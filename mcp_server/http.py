@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -16,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from alter_agents.app import App
+from alter_agents.grant_tools import GrantTool
 from alter_agents.sessions import Session
 from alter_agents.tools import DEFAULT_CONNECT_WAIT
 from alter_agents.vault.identity import JWTVerifier
@@ -39,12 +41,13 @@ class HttpServer:
 
 def build_http(app: App, session: Session, *, host: str, port: int, public_url: str,
                allowed_hosts: tuple[str, ...] = (), connect_wait: float = DEFAULT_CONNECT_WAIT,
-               local_token: str | None = None, state_keys: tuple[str, ...] = ()) -> HttpServer:
+               local_token: str | None = None, state_keys: tuple[str, ...] = (),
+               extra_tools: Sequence[GrantTool] = ()) -> HttpServer:
     """`app`'s vault must be configured with `public_url` so connect redirects come back here."""
     verifier, token = _verifier(app, local_token)
     issuer = app.vault.settings.idp_issuer if isinstance(app.vault, LocalVault) else None
     server = build_server(app, session, connect_wait=connect_wait, auth=auth_settings(public_url, issuer),
-                          token_verifier=verifier, state_keys=state_keys)
+                          token_verifier=verifier, state_keys=state_keys, extra_tools=extra_tools)
     if isinstance(app.vault, LocalVault):
         _add_callback_route(server, app.vault)
     asgi = server.streamable_http_app(transport_security=_transport_security(host, public_url, allowed_hosts),

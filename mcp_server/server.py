@@ -3,6 +3,7 @@
 The server holds no resolution logic. Each call runs the framework-neutral tool and renders its
 result (or its error payload) as `structuredContent` plus the same JSON as text, `isError` for errors.
 The declared `outputSchema` admits both shapes, since some clients validate errors against it too.
+`@grant_tool` functions (`extra_tools`) are served the same way, through the same elicitation path.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.request_state import RequestStateSecurity
 from mcp_types import CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from alter_agents.app import App
+from alter_agents.grant_tools import GrantTool
 from alter_agents.models import ToolErrorPayload
 from alter_agents.sessions import Session
 from alter_agents.tools import (
@@ -43,6 +45,7 @@ INSTRUCTIONS = (
 )
 ToolReturn = CallToolResult | InputRequiredResult
 _Body = Callable[[dict[str, Any], Context[Any, Any]], Awaitable[ToolReturn]]
+_Run = Callable[[dict[str, Any], CallContext], Awaitable[BaseModel]]
 
 REQUEST_ANNOTATIONS = ToolAnnotations(
     title="Call a connected API", read_only_hint=False, destructive_hint=True, idempotent_hint=False,
@@ -62,11 +65,13 @@ def build_server(
     auth: AuthSettings | None = None,
     token_verifier: TokenVerifier | None = None,
     state_keys: Sequence[str] = (),
+    extra_tools: Sequence[GrantTool] = (),
 ) -> MCPServer:
     """An MCP server acting for `session` (over HTTP, per request for the bearer's user).
 
     `state_keys` (>= 32 bytes each, newest first) let every replica open the `requestState` of a
     2026-07-28 retry that another replica issued; without them each process uses its own key.
+    `extra_tools` adds `@grant_tool` functions, scoped like `request`.
     """
     surface = _Surface(app, session, connect_wait)
     tools = [
@@ -76,6 +81,12 @@ def build_server(
     if not surface.tools.pinned:
         tools.append(_tool("connect", CONNECT_DESCRIPTION, CONNECT_ANNOTATIONS, ConnectArgs, ConnectResultOut,
                            surface.connect))
+    for extra in extra_tools:
+        tools.append(_tool(extra.name, extra.description, _grant_annotations(extra),
+                           extra.schema_model(surface.tools), extra.result_model, surface.grant_tool(extra)))
+    names = [tool.name for tool in tools]
+    if len(set(names)) != len(names):
+        raise ValueError(f"tool names must be unique: {', '.join(sorted(names))}")
     security = RequestStateSecurity(keys=list(state_keys)) if state_keys else None
     server: MCPServer = MCPServer(SERVER_NAME, instructions=INSTRUCTIONS, tools=tools, auth=auth,
                                   token_verifier=token_verifier, request_state_security=security)
@@ -92,13 +103,28 @@ class _Surface:
         self._no_wait = AlterTools(app, session, connect_wait=0.0)
 
     async def request(self, arguments: dict[str, Any], ctx: Context[Any, Any]) -> ToolReturn:
+        return await self._scoped(self.tools.run_request, not self.tools.pinned, arguments, ctx)
+
+    def grant_tool(self, extra: GrantTool) -> _Body:
+        async def run(arguments: dict[str, Any], call: CallContext) -> BaseModel:
+            return await extra.run_structured(self.tools, arguments, call)
+
+        async def body(arguments: dict[str, Any], ctx: Context[Any, Any]) -> ToolReturn:
+            return await self._scoped(run, extra.takes_account(self.tools), arguments, ctx)
+
+        return body
+
+    async def _scoped(self, run: _Run, takes_account: bool, arguments: dict[str, Any],
+                      ctx: Context[Any, Any]) -> ToolReturn:
+        """A call resolved like `request`: an ambiguous account is asked of the human where the client can."""
         reach = ClientReach(ctx)
         chosen = reach.answered_account()
-        if chosen and not self.tools.pinned:
+        if chosen and takes_account:
             arguments = {**arguments, "account": chosen}
         call = CallContext(user_token=request_jwt(), choose_account=reach.choose_account, progress=_progress(ctx))
-        result = await self.tools.run_request(arguments, call)
-        if isinstance(result, ToolErrorPayload) and result.error.code == "ambiguous_grant" and result.error.accounts:
+        result = await run(arguments, call)
+        if (isinstance(result, ToolErrorPayload) and result.error.code == "ambiguous_grant" and result.error.accounts
+                and takes_account):
             question = reach.ask_account(result.error.provider or "", result.error.accounts)
             if question is not None:
                 return question
@@ -143,6 +169,11 @@ def output_schema(result: type[BaseModel]) -> dict[str, Any]:
     return {"type": "object", **schema}
 
 
+def _grant_annotations(extra: GrantTool) -> ToolAnnotations:
+    return ToolAnnotations(title=extra.name.replace("_", " ").capitalize(), read_only_hint=extra.read_only,
+                           destructive_hint=not extra.read_only, open_world_hint=True)
+
+
 def _progress(ctx: Context[Any, Any]) -> Callable[[float, float | None, str], Awaitable[None]]:
     async def report(done: float, total: float | None, message: str) -> None:
         await ctx.report_progress(done, total, message)
@@ -155,21 +186,23 @@ def _tool(name: str, description: str, annotations: ToolAnnotations, arguments: 
     """A tool whose flat input schema is `arguments`' fields and whose output admits result or error."""
 
     async def call(ctx: Context[Any, Any], **values: Any) -> ToolReturn:
-        return await body(values, ctx)
+        return await body({k: v for k, v in values.items() if v is not None}, ctx)
 
     call.__name__ = name
+    # Every argument reaches the SDK typed `Any` and optional (null = absent), so it never rejects a call with a
+    # plain-text error: `arguments`' own validation does, with the structured `invalid_arguments`.
     parameters = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
     hints: dict[str, Any] = {"ctx": Context}
     for field_name, field in arguments.model_fields.items():
         key = field.alias or field_name
-        hint = Annotated[field.annotation, Field(description=field.description)]  # type: ignore[name-defined]
-        default = inspect.Parameter.empty if field.is_required() else field.get_default(call_default_factory=True)
-        parameters.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hint))
-        hints[key] = hint
+        parameters.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Any))
+        hints[key] = Any
     returns = Annotated[CallToolResult, result] | InputRequiredResult
     hints["return"] = returns
     call.__signature__ = inspect.Signature(parameters, return_annotation=returns)  # type: ignore[attr-defined]
     call.__annotations__ = hints
     tool = Tool.from_function(call, name=name, description=description, annotations=annotations)
     tool.fn_metadata.output_schema = output_schema(result)
+    # The model sees the real schema, every constraint included.
+    tool.parameters = arguments.model_json_schema(by_alias=True)
     return tool
