@@ -11,6 +11,7 @@ import base64
 import fnmatch
 import functools
 import ipaddress
+import logging
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -25,6 +26,22 @@ MAX_REDIRECTS = 5
 DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 REDACTED = "[REDACTED]"
 _REDIRECTS = {301, 302, 303, 307, 308}
+
+
+class _ScrubQueries(logging.Filter):
+    """httpx logs each request's full URL at INFO; a credential injected as a query parameter would
+    ride along. Every URL it logs loses its query string before any handler sees it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                f"{arg.copy_with(query=None)}?[query hidden]" if isinstance(arg, httpx.URL) and arg.query else arg
+                for arg in record.args
+            )
+        return True
+
+
+logging.getLogger("httpx").addFilter(_ScrubQueries())
 
 
 def is_loopback(host: str) -> bool:

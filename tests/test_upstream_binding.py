@@ -4,6 +4,7 @@ comes back in what the model sees."""
 from __future__ import annotations
 
 import base64
+import logging
 import urllib.parse
 from collections.abc import AsyncIterator
 
@@ -139,6 +140,18 @@ async def test_each_provider_injects_its_credential_its_own_way(app: App, sqlite
         assert response.json_body()["query"] == {"q": "1"}
         assert upstream.received_anywhere(wire), provider
         assert upstream.seen_credentials == [SECRET], provider
+
+
+async def test_a_credential_sent_as_a_query_parameter_never_reaches_the_logs(
+    app: App, sqlite_deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream = sqlite_deployment.upstream
+    with caplog.at_level(logging.DEBUG):
+        response = await app.request("GET", upstream.echo_url("who"), provider="queried", query={"q": "1"})
+    assert response.json_body()["account"] == "acct-1"
+    assert any("HTTP Request" in r.getMessage() for r in caplog.records)  # httpx did log the call
+    assert SECRET not in caplog.text
+    assert all(SECRET not in r.getMessage() for r in caplog.records)
 
 
 async def test_the_callers_own_auth_header_cannot_replace_the_credential(
