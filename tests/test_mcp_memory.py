@@ -183,3 +183,25 @@ async def test_connect_without_elicitation_returns_the_pending_link_to_the_model
             await abrowser.aapprove(pending["connect_url"], "octo")
             done = payload(await client.call_tool("connect", {"provider": "github"}))
     assert done["status"] == "connected" and done["grant"]["account"] == "octo"
+
+
+@pytest.mark.parametrize("mode", ERAS)
+@pytest.mark.parametrize(
+    ("arguments", "field"),
+    [
+        ({}, "url"),
+        ({"url": 123}, "url"),
+        ({"url": "https://api.github.com/user", "method": "FETCH"}, "method"),
+        ({"url": "https://api.github.com/user", "query": "per_page=5"}, "query"),
+    ],
+)
+async def test_bad_arguments_get_the_structured_error_not_a_plain_text_one(
+    app: App, sqlite_deployment: Deployment, mode: str, arguments: dict[str, Any], field: str
+) -> None:
+    server = build_server(app, UserSession(sqlite_deployment.idp.issue("alice")))
+    async with Client(server, mode=mode) as client:
+        result = await client.call_tool("request", arguments)
+    assert result.is_error
+    error = payload(result)["error"]
+    assert error["code"] == "invalid_arguments" and error["user_action"] == "fix_arguments"
+    assert field in error["message"]
