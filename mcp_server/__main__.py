@@ -65,10 +65,14 @@ def http_session(settings: Settings, grant_id: str | None) -> Session:
               help="HTTP: another Host header value to accept (behind a proxy), e.g. mcp.example.com.")
 @click.option("--connect-wait", default=DEFAULT_CONNECT_WAIT, show_default=True,
               help="Seconds `connect` waits for the browser before answering 'pending'.")
+@click.option("--vault-url", envvar="ALTER_BASE_URL",
+              help="Use a vault server (`alter-agents vault serve`) instead of the embedded vault.")
+@click.option("--api-key", envvar="ALTER_API_KEY", help="The vault server's API key (prefer the env variable).")
 @click.option("--tools", "tool_specs", multiple=True, envvar="ALTER_MCP_TOOLS",
               help="Also serve @grant_tool functions: module:attr or path/to/file.py:attr (a tool or a list).")
 def main(transport: str, host: str, port: int, user_token_file: Path | None, grant_id: str | None,
-         allowed_hosts: tuple[str, ...], connect_wait: float, tool_specs: tuple[str, ...]) -> None:
+         allowed_hosts: tuple[str, ...], connect_wait: float, vault_url: str | None, api_key: str | None,
+         tool_specs: tuple[str, ...]) -> None:
     """Serve the `request` and `connect` tools over MCP.
 
     With no configuration it serves this machine's vault for its single user over stdio. Over HTTP,
@@ -77,14 +81,16 @@ def main(transport: str, host: str, port: int, user_token_file: Path | None, gra
     """
     settings = Settings.from_env()
     extra_tools = _load_tools(tool_specs)
+    remote = (vault_url, api_key)
     if transport == "stdio":
-        anyio.run(_serve_stdio, settings, stdio_session(user_token_file, grant_id), connect_wait, extra_tools)
+        anyio.run(_serve_stdio, settings, remote, stdio_session(user_token_file, grant_id), connect_wait,
+                  extra_tools)
         return
     sock = bind(host, port)
     actual_port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     settings = replace(settings, public_url=settings.public_url or f"http://{shown}:{actual_port}")
-    app = App(settings=settings)
+    app = _app(settings, remote)
     state_keys = tuple(k.strip() for k in os.environ.get("ALTER_MCP_STATE_KEYS", "").split(",") if k.strip())
     http = build_http(app, http_session(settings, grant_id), host=host, port=actual_port,
                       public_url=settings.public_url or "", allowed_hosts=allowed_hosts, connect_wait=connect_wait,
@@ -100,9 +106,14 @@ def _load_tools(specs: tuple[str, ...]) -> list[GrantTool]:
         raise click.BadParameter(str(exc), param_hint="--tools") from exc
 
 
-async def _serve_stdio(settings: Settings, session: Session, connect_wait: float,
-                       extra_tools: list[GrantTool]) -> None:
-    app = App(settings=settings)
+def _app(settings: Settings, remote: tuple[str | None, str | None]) -> App:
+    vault_url, api_key = remote
+    return App(base_url=vault_url, api_key=api_key, settings=settings) if vault_url else App(settings=settings)
+
+
+async def _serve_stdio(settings: Settings, remote: tuple[str | None, str | None], session: Session,
+                       connect_wait: float, extra_tools: list[GrantTool]) -> None:
+    app = _app(settings, remote)
     try:
         await build_server(app, session, connect_wait=connect_wait, extra_tools=extra_tools).run_stdio_async()
     finally:

@@ -180,3 +180,25 @@ async def test_a_wrong_key_is_a_configuration_error_and_a_replayed_request_is_re
     async with httpx.AsyncClient() as client:
         replay = await client.post(str(original.url), content=original.content, headers=original.headers)
     assert replay.status_code == 401 and replay.json()["error"] == "replayed_nonce"
+
+
+async def test_the_mcp_server_can_use_a_vault_server_instead_of_the_embedded_vault(
+    remote: Remote, abrowser: AsyncBrowser
+) -> None:
+    import sys
+
+    from mcp import Client, StdioServerParameters
+
+    d = remote.deployment
+    alice = d.idp.issue("alice", expires_in=600)
+    async with remote.app() as app:
+        await connect(app, abrowser, "github", "alice-gh", alice)
+    # The MCP process gets no store of its own: only the vault server's URL and key.
+    env = {k: v for k, v in d.env.items() if k not in ("ALTER_VAULT_URL", "ALTER_VAULT_KEY")}
+    env |= {"ALTER_BASE_URL": remote.server.url, "ALTER_API_KEY": remote.key, "ALTER_USER_TOKEN": alice}
+    params = StdioServerParameters(command=sys.executable, args=["-m", "mcp_server"], env=env)
+    async with Client(params) as client:  # type: ignore[arg-type]
+        result = await client.call_tool("request", {"url": f"{d.upstream.url}/echo/via-server", "provider": "github"})
+    assert not result.is_error, result
+    assert result.structured_content is not None
+    assert result.structured_content["body"]["account"] == "alice-gh"
