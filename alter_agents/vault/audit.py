@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from alter_agents.errors import VaultUnavailableError
 from alter_agents.vault.store import Store
 
 FLUSH_DELAY = 0.5
@@ -47,7 +48,7 @@ class AuditWriter:
         await asyncio.sleep(FLUSH_DELAY)
         try:
             await self.flush()
-        except (SQLAlchemyError, OSError) as exc:
+        except (VaultUnavailableError, SQLAlchemyError, OSError) as exc:
             _log.warning("audit rows stay queued (%d): the store is unavailable: %s", len(self._pending), exc)
 
     async def flush(self) -> None:
@@ -71,5 +72,5 @@ class AuditWriter:
                 await task
         try:
             await self.flush()
-        except (SQLAlchemyError, OSError) as exc:
+        except (VaultUnavailableError, SQLAlchemyError, OSError) as exc:
             _log.warning("could not write %d audit rows on close: %s", len(self._pending), exc)

@@ -8,6 +8,7 @@ within `ttl`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
@@ -26,6 +27,7 @@ class GrantCache(Generic[T]):
         self._store = store
         self._ttl = ttl
         self._entries: dict[Hashable, tuple[float, int, T]] = {}
+        self._loading: dict[tuple[Hashable, int], asyncio.Future[T]] = {}
 
     async def get(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
         writes = self._store.grant_writes
@@ -33,7 +35,29 @@ class GrantCache(Generic[T]):
         entry = self._entries.get(key)
         if entry is not None and entry[0] > now and entry[1] == writes:
             return entry[2]
-        value = await load()
+        pending = self._loading.get((key, writes))
+        if pending is not None:  # concurrent misses share one store read
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this caller was cancelled
+                return await load()  # the caller doing the read was cancelled; read for ourselves
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._loading[(key, writes)] = future
+        try:
+            value = await load()
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here, so a miss nobody shared does not warn
+            raise
+        except BaseException:
+            future.cancel()
+            raise
+        else:
+            future.set_result(value)
+        finally:
+            del self._loading[(key, writes)]
         if len(self._entries) >= _MAX_ENTRIES:
             self._entries = {k: e for k, e in self._entries.items() if e[0] > now and e[1] == writes}
             if len(self._entries) >= _MAX_ENTRIES:

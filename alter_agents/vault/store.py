@@ -18,10 +18,10 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, event, insert, inspect, select, text, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from alter_agents.errors import ConfigurationError
+from alter_agents.errors import ConfigurationError, VaultUnavailableError
 from alter_agents.models import ConnectResult, Grant
 from alter_agents.vault import schema
 from alter_agents.vault.schema import audit, connect_sessions, grants, meta
@@ -146,15 +146,25 @@ class Store:
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
-            conn = await conn.execution_options(alter_write=True)
-            async with conn.begin():
-                yield conn
+        try:
+            async with self.engine.connect() as conn:
+                conn = await conn.execution_options(alter_write=True)
+                async with conn.begin():
+                    yield conn
+        except (DBAPIError, OSError) as exc:
+            if (outage := _outage(exc)) is None:
+                raise
+            raise outage from exc
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn, conn.begin():
-            yield conn
+        try:
+            async with self.engine.connect() as conn, conn.begin():
+                yield conn
+        except (DBAPIError, OSError) as exc:
+            if (outage := _outage(exc)) is None:
+                raise
+            raise outage from exc
 
     def transaction(self, *, write: bool = False) -> AbstractAsyncContextManager[AsyncConnection]:
         """A connection inside a transaction, for modules that keep their own tables in this store."""
@@ -394,7 +404,7 @@ class Store:
         style = self.engine.dialect.paramstyle
         marks = [f"${i}" if style == "numeric_dollar" else "?" if style == "qmark" else "%s"
                  for i in range(1, len(columns) + 1)]
-        sql = f"INSERT INTO {audit.name} ({', '.join(columns)}) VALUES ({', '.join(marks)})"
+        sql = f"INSERT INTO {audit.name} ({', '.join(columns)}) VALUES ({', '.join(marks)})"  # noqa: S608 (names are ours)
         values = [tuple(row.get(c) for c in columns) for row in rows]
         async with self._write() as conn:
             await conn.exec_driver_sql(sql, values)
@@ -421,6 +431,19 @@ class Store:
             )
             for r in rows
         ]
+
+
+def _outage(exc: DBAPIError | OSError) -> VaultUnavailableError | None:
+    """A database that is down, restarting or unreachable becomes a typed, retryable error; bugs stay as they are."""
+    if isinstance(exc, DBAPIError):
+        state = str(getattr(exc.orig, "pgcode", None) or getattr(exc.orig, "sqlstate", None) or "")
+        if not (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+                or state.startswith(("08", "57P"))):
+            return None
+        reason = type(exc.orig).__name__
+    else:
+        reason = type(exc).__name__
+    return VaultUnavailableError(f"The vault's database is unavailable right now ({reason}); try again shortly.")
 
 
 def _migrate_sync(conn: Connection) -> int:

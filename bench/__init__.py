@@ -1,0 +1,1 @@
+"""Benchmarks: each script measures alter-agents and a bare baseline side by side in one run."""
