@@ -30,7 +30,7 @@ from alter_agents.tools import AlterTools, RequestResult
 from alter_agents.upstream import Upstream
 from alter_agents.vault.crypto import generate_key
 from alter_agents.vault.schema import grants
-from tests.conftest import PG_URL, Deployment, _reset_postgres, connect_as, make_deployment
+from tests.conftest import Deployment, connect_as, fresh_postgres, make_deployment
 from tests.fixtures import AsyncBrowser, IdentityProvider, OAuthServer, UpstreamAPI
 
 # An access token that lives less than the refresh skew (60 s) is due for refresh on every call.
@@ -235,11 +235,7 @@ async def test_a_postgresql_restart_under_load_fails_calls_cleanly_and_they_reco
     cluster = _pg_cluster()
     if cluster is None:
         pytest.skip("no local PostgreSQL cluster to restart")
-    try:
-        await _reset_postgres(PG_URL)
-    except (OSError, ImportError) as exc:
-        pytest.skip(f"no PostgreSQL at {PG_URL}: {exc}")
-    d = make_deployment(tmp_path, PG_URL, idp, oauth, upstream, oauth_client).local()
+    d = make_deployment(tmp_path, await fresh_postgres(), idp, oauth, upstream, oauth_client).local()
     app = d.app()
     upstream.add_secret("key-under-load", "svc")
     await app.vault.add_secret("keyed", "key-under-load", owner=Principal("app"), account="svc")  # type: ignore[attr-defined]

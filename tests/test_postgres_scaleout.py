@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from alter_agents import App
 from alter_agents.vault.schema import grants
-from tests.conftest import PG_URL, Deployment, _reset_postgres, make_deployment
+from tests.conftest import PG_URL, Deployment, fresh_postgres, make_deployment
 from tests.fixtures import AsyncBrowser, IdentityProvider, OAuthServer, UpstreamAPI
 from tests.fixtures.vault_server import VaultServerProcess, mint_key
 
@@ -28,13 +28,7 @@ async def pg_deployment(
     tmp_path: Path, idp: IdentityProvider, oauth: OAuthServer, upstream: UpstreamAPI,
     oauth_client: tuple[str, str],
 ) -> Deployment:
-    try:
-        await _reset_postgres(PG_URL)
-    except (OSError, ImportError) as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI: {exc}")
-        pytest.skip(f"no PostgreSQL at {PG_URL}: {exc}")
-    return make_deployment(tmp_path, PG_URL, idp, oauth, upstream, oauth_client)
+    return make_deployment(tmp_path, await fresh_postgres(), idp, oauth, upstream, oauth_client)
 
 
 @pytest.fixture

@@ -159,30 +159,41 @@ class ConnectFlows:
     async def wait(self, session_id: str, timeout: float, on_progress: ProgressCallback | None = None,
                    poll_interval: float = 0.25) -> ConnectStatus:
         """Wait for the user to finish; raises on denial, error or timeout."""
-        started = time.monotonic()
-        status = await self.status(session_id)
-        while status.status == "pending":
-            elapsed = time.monotonic() - started
-            if elapsed >= timeout:
-                break
-            if on_progress is not None:
-                await on_progress(elapsed, "waiting for the user to finish signing in")
-            await anyio.sleep(min(poll_interval, max(timeout - elapsed, 0.01)))
-            status = await self.status(session_id)
-        if status.status == "completed":
-            return status
-        if status.status == "denied":
-            raise ConnectDeniedError("The user did not grant access.", provider=None)
-        if status.status == "pending":
-            raise ConnectTimeoutError(
-                f"The user did not finish signing in within {timeout:.0f}s; call connect again later "
-                "to see whether they finished.",
-            )
-        raise ConnectError(f"Connect failed: {status.error or status.status}.")
+        return await wait_for_connect(self.status, session_id, timeout, on_progress, poll_interval)
 
     async def aclose(self) -> None:
         for state in list(self._receivers):
             await self._close_receiver(state)
+
+
+async def wait_for_connect(
+    status_of: Callable[[str], Awaitable[ConnectStatus]], session_id: str, timeout: float,
+    on_progress: ProgressCallback | None, poll_interval: float,
+) -> ConnectStatus:
+    """Poll a connect flow until the user finishes; raises on denial, error or timeout.
+
+    Shared by the embedded and the remote vault, so both report the outcome identically.
+    """
+    started = time.monotonic()
+    status = await status_of(session_id)
+    while status.status == "pending":
+        elapsed = time.monotonic() - started
+        if elapsed >= timeout:
+            break
+        if on_progress is not None:
+            await on_progress(elapsed, "waiting for the user to finish signing in")
+        await anyio.sleep(min(poll_interval, max(timeout - elapsed, 0.01)))
+        status = await status_of(session_id)
+    if status.status == "completed":
+        return status
+    if status.status == "denied":
+        raise ConnectDeniedError("The user did not grant access.", provider=None)
+    if status.status == "pending":
+        raise ConnectTimeoutError(
+            f"The user did not finish signing in within {timeout:.0f}s; call connect again later "
+            "to see whether they finished.",
+        )
+    raise ConnectError(f"Connect failed: {status.error or status.status}.")
 
 
 def _dt(ts: float) -> datetime:

@@ -14,7 +14,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import anyio
 import httpx
 from pydantic import BaseModel, ValidationError
 
@@ -23,9 +22,6 @@ from alter_agents.errors import (
     AlterError,
     AmbiguousGrantError,
     ConfigurationError,
-    ConnectDeniedError,
-    ConnectError,
-    ConnectTimeoutError,
     GrantNotFoundError,
     NotConnectedError,
     ReauthRequiredError,
@@ -36,7 +32,7 @@ from alter_agents.models import AccountRef, ConnectResult, ConnectStart, Connect
 from alter_agents.providers import Providers, ProviderSpec
 from alter_agents.settings import Settings
 from alter_agents.upstream import is_loopback
-from alter_agents.vault.connect import ProgressCallback
+from alter_agents.vault.connect import ProgressCallback, wait_for_connect
 from alter_agents.vault.keys import is_well_formed
 from alter_agents.vault.signing import sign
 from alter_agents.vault.wire import (
@@ -208,26 +204,7 @@ class RemoteVault:
     async def wait_connect(self, session_id: str, timeout: float,
                            on_progress: ProgressCallback | None = None) -> ConnectStatus:
         """Poll until the user finishes; raises on denial, error or timeout (as the embedded vault does)."""
-        started = time.monotonic()
-        status = await self.connect_status(session_id)
-        while status.status == "pending":
-            elapsed = time.monotonic() - started
-            if elapsed >= timeout:
-                break
-            if on_progress is not None:
-                await on_progress(elapsed, "waiting for the user to finish signing in")
-            await anyio.sleep(min(_POLL_INTERVAL, max(timeout - elapsed, 0.01)))
-            status = await self.connect_status(session_id)
-        if status.status == "completed":
-            return status
-        if status.status == "denied":
-            raise ConnectDeniedError("The user did not grant access.", provider=None)
-        if status.status == "pending":
-            raise ConnectTimeoutError(
-                f"The user did not finish signing in within {timeout:.0f}s; call connect again later "
-                "to see whether they finished.",
-            )
-        raise ConnectError(f"Connect failed: {status.error or status.status}.")
+        return await wait_for_connect(self.connect_status, session_id, timeout, on_progress, _POLL_INTERVAL)
 
 
 def _parse(model: type[M], data: dict[str, Any]) -> M:
