@@ -70,10 +70,26 @@ def token_key(user_token: str | None) -> str:
     """Key per-user memory in a session shared by many users, stable across token renewals.
 
     The unverified `sub` is enough here: memory only pre-fills `account`, and every call is still
-    resolved against the verified identity, so a forged `sub` reaches nothing.
+    resolved against the verified identity, so a forged `sub` reaches nothing. Keys are remembered
+    per token digest (never the token itself): a JWT comes with every call of its lifetime, and
+    decoding it costs far more than the lookup.
     """
     if not user_token:
         return ""
+    digest = hashlib.sha256(user_token.encode()).digest()
+    key = _TOKEN_KEYS.get(digest)
+    if key is None:
+        if len(_TOKEN_KEYS) >= _MAX_TOKEN_KEYS:
+            _TOKEN_KEYS.clear()
+        key = _TOKEN_KEYS[digest] = _token_key(user_token)
+    return key
+
+
+_TOKEN_KEYS: dict[bytes, str] = {}
+_MAX_TOKEN_KEYS = 4096
+
+
+def _token_key(user_token: str) -> str:
     try:
         sub = jwt.decode(user_token, options={"verify_signature": False}).get("sub")
     except jwt.InvalidTokenError:

@@ -203,14 +203,21 @@ async def expire_access_token(app: App, grant_id: str) -> None:
 @contextmanager
 def mcp_server_process(kind: str, bench: Bench) -> Iterator[tuple[str, int]]:
     """Start `bench._mcp_servers` (`ours` or `bare`); yields (MCP endpoint URL, pid)."""
+    command = [sys.executable, "-m", "bench._mcp_servers", kind, bench.api_token]
+    profile = os.environ.get("BENCH_PROFILE_MCP")  # e.g. `ours:/tmp/ours.txt`: py-spy, collapsed stacks
+    if profile and profile.split(":", 1)[0] == kind:
+        command = ["py-spy", "record", "--format", "raw", "--rate", "200", "-o", profile.split(":", 1)[1],
+                   "--", *command]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench._mcp_servers", kind, bench.api_token],
+        command,
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env_with(bench.env),
     )
     try:
         assert proc.stdout is not None
-        port = int(proc.stdout.readline())
-        yield f"http://127.0.0.1:{port}/mcp", proc.pid
+        line = proc.stdout.readline()
+        while line and not line.strip().isdigit():  # py-spy, when profiling, prints its own lines first
+            line = proc.stdout.readline()
+        yield f"http://127.0.0.1:{int(line)}/mcp", proc.pid
     finally:
         if proc.stdin:
             proc.stdin.close()
@@ -219,6 +226,12 @@ def mcp_server_process(kind: str, bench: Bench) -> Iterator[tuple[str, int]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:

@@ -11,6 +11,7 @@ Target: throughput ratio >= 0.85; p50/p99 reported.
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 import anyio
@@ -18,12 +19,15 @@ import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from bench._common import Bench, bench_vault, mcp_server_process, ms, pct, verdict
+from bench._common import Bench, bench_vault, cpu_seconds, mcp_server_process, ms, pct, verdict
 
 
 async def run_sessions(endpoint: str, token: str | None, api: str, sessions: int, calls: int,
-                       mode: str) -> tuple[list[float], float]:
-    """Open `sessions` clients, then time `calls` tool calls on each, all sessions at once."""
+                       mode: str, server_pid: int | None = None) -> tuple[list[float], float, tuple[float, float]]:
+    """Open `sessions` clients, then time `calls` tool calls on each, all sessions at once.
+
+    Returns the latencies, the wall time and the CPU seconds (server, this client) used meanwhile.
+    """
     latencies: list[float] = []
     ready = anyio.Event()
     opened = 0
@@ -33,6 +37,9 @@ async def run_sessions(endpoint: str, token: str | None, api: str, sessions: int
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         transport = streamable_http_client(endpoint, http_client=httpx2.AsyncClient(headers=headers, timeout=60))
         async with Client(transport, mode=mode) as client:  # type: ignore[arg-type]
+            # One untimed call per session, as a host makes when it starts: the client lists the tools and
+            # compiles the output-schema validator once per session, outside the timed calls on both sides.
+            await client.call_tool("request", {"url": f"{api}/v1/items", "provider": "bench"})
             opened += 1
             if opened == sessions:
                 ready.set()
@@ -48,20 +55,28 @@ async def run_sessions(endpoint: str, token: str | None, api: str, sessions: int
             tg.start_soon(session)
         await ready.wait()
         started = time.perf_counter()
-    return latencies, time.perf_counter() - started
+        cpu_before = (cpu_seconds(server_pid) if server_pid else 0.0), _own_cpu()
+    took = time.perf_counter() - started
+    cpu = (cpu_seconds(server_pid) if server_pid else 0.0) - cpu_before[0], _own_cpu() - cpu_before[1]
+    return latencies, took, cpu
 
 
 async def main(bench: Bench, sessions: int, calls: int, mode: str) -> bool:
     jwt = bench.user_jwt()
     lat: dict[str, list[float]] = {"bare": [], "ours": []}
     took = {"bare": 0.0, "ours": 0.0}
-    with mcp_server_process("bare", bench) as (bare_url, _), mcp_server_process("ours", bench) as (ours_url, _):
-        targets = {"bare": (bare_url, None), "ours": (ours_url, jwt)}
-        for url, token in targets.values():  # warm up
+    server_cpu = {"bare": 0.0, "ours": 0.0}
+    client_cpu = {"bare": 0.0, "ours": 0.0}
+    with mcp_server_process("bare", bench) as (bare_url, bare_pid), \
+            mcp_server_process("ours", bench) as (ours_url, ours_pid):
+        targets = {"bare": (bare_url, None, bare_pid), "ours": (ours_url, jwt, ours_pid)}
+        for url, token, _ in targets.values():  # warm up
             await run_sessions(url, token, bench.api_url, 4, 5, mode)
         for _ in range(2):
-            for name, (url, token) in targets.items():
-                values, seconds = await run_sessions(url, token, bench.api_url, sessions, calls // 2, mode)
+            for name, (url, token, pid) in targets.items():
+                values, seconds, cpu = await run_sessions(url, token, bench.api_url, sessions, calls // 2, mode, pid)
+                server_cpu[name] += cpu[0]
+                client_cpu[name] += cpu[1]
                 lat[name] += values
                 took[name] += seconds
     total = sessions * (calls // 2) * 2
@@ -73,9 +88,18 @@ async def main(bench: Bench, sessions: int, calls: int, mode: str) -> bool:
     for q, label in ((0.5, "p50"), (0.99, "p99")):
         b, o = pct(lat["bare"], q), pct(lat["ours"], q)
         print(f"  {label:16}{ms(b):>17}{ms(o):>15}{o / b:8.3f}")
+    # CPU per call in the timed window (sessions closing included), to see which process the time goes to.
+    for label, cpu in (("server CPU/call", server_cpu), ("client CPU/call", client_cpu)):
+        b, o = cpu["bare"] / total, cpu["ours"] / total
+        print(f"  {label:16}{ms(b):>17}{ms(o):>15}{o / b if b else 0:8.3f}")
     ok = rps["ours"] / rps["bare"] >= 0.85
     print(f"  target throughput ratio >= 0.85: {verdict(ok)}")
     return ok
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":
