@@ -14,6 +14,7 @@ import httpx
 
 from alter_agents.errors import AlterError, InvalidArgumentsError
 from alter_agents.models import ApiResponse, ConnectResult, ConnectStart, Grant
+from alter_agents.providers import Providers
 from alter_agents.settings import Settings
 from alter_agents.upstream import Upstream
 from alter_agents.vault.base import Vault
@@ -50,7 +51,7 @@ class App:
         self._user_token_getter = user_token_getter
 
     @property
-    def providers(self) -> Any:
+    def providers(self) -> Providers:
         return self.vault.providers
 
     async def __aenter__(self) -> App:

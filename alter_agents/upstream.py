@@ -8,7 +8,6 @@ there. Every occurrence of the credential in what comes back is redacted.
 from __future__ import annotations
 
 import base64
-import fnmatch
 import functools
 import ipaddress
 import logging
@@ -21,6 +20,7 @@ import httpx
 
 from alter_agents.errors import HostNotAllowedError, UpstreamTimeoutError, UpstreamUnreachableError
 from alter_agents.models import ApiResponse, ReleasedCredential
+from alter_agents.providers.spec import host_matches
 
 MAX_REDIRECTS = 5
 DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
@@ -73,7 +73,7 @@ def _check_destination(url: str, provider: str, hosts: tuple[str, ...], allow_ht
         raise HostNotAllowedError(url, provider, hosts, reason="only https URLs are allowed")
     if parsed.userinfo:
         raise HostNotAllowedError(url, provider, hosts, reason="URLs with user info are not allowed")
-    if not any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in hosts):
+    if not host_matches(host, hosts):
         raise HostNotAllowedError(url, provider, hosts)
     return parsed
 

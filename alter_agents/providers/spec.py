@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,5 +59,10 @@ class ProviderSpec(BaseModel):
 
     def claims_host(self, host: str) -> bool:
         """True when `host` is one of this provider's hosts (`*.example.com` patterns allowed)."""
-        host = host.lower().rstrip(".")
-        return any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in self.hosts)
+        return host_matches(host, self.hosts)
+
+
+def host_matches(host: str, patterns: Iterable[str]) -> bool:
+    """The one host-binding rule: a host name (any port) against exact names or `*.` patterns."""
+    host = host.lower().rstrip(".")
+    return any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in patterns)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, delete, event, insert, inspect, select, text, update
+from sqlalchemy import Connection, event, insert, inspect, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -275,22 +275,6 @@ class Store:
             assert stored is not None
             return stored, created
         raise RuntimeError("could not store grant after concurrent inserts")
-
-    async def set_status(self, grant_id: str, status: str) -> bool:
-        async with self._write() as conn:
-            result = await conn.execute(
-                update(grants)
-                .where(grants.c.grant_id == grant_id)
-                .values(status=status, updated_at=time.time())
-            )
-        self._wrote_grants()
-        return bool(result.rowcount)
-
-    async def delete_grant(self, grant_id: str) -> bool:
-        async with self._write() as conn:
-            result = await conn.execute(delete(grants).where(grants.c.grant_id == grant_id))
-        self._wrote_grants()
-        return bool(result.rowcount)
 
     async def claim_refresh(self, grant_id: str, lease_seconds: float) -> bool:
         """Take the cross-process refresh lease of a grant (an atomic row update); True if won."""
