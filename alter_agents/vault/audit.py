@@ -21,6 +21,7 @@ from alter_agents.vault.store import Store
 
 FLUSH_DELAY = 0.5
 MAX_PENDING = 50_000
+_BATCH_ROWS = 1000
 _log = logging.getLogger("alter_agents.audit")
 
 
@@ -45,22 +46,42 @@ class AuditWriter:
             self._task = loop.create_task(self._flush_soon())
 
     async def _flush_soon(self) -> None:
-        await asyncio.sleep(FLUSH_DELAY)
-        try:
-            await self.flush()
-        except (VaultUnavailableError, SQLAlchemyError, OSError) as exc:
-            _log.warning("audit rows stay queued (%d): the store is unavailable: %s", len(self._pending), exc)
+        """Write the queue every `FLUSH_DELAY` seconds while rows keep coming (or the store stays down)."""
+        while self._pending:
+            await asyncio.sleep(FLUSH_DELAY)
+            try:
+                await self.flush()
+            except (VaultUnavailableError, SQLAlchemyError, OSError) as exc:
+                _log.warning("audit rows stay queued (%d): the store is unavailable: %s", len(self._pending), exc)
 
     async def flush(self) -> None:
-        """Write every queued row now; on a store error the rows stay queued and the error is raised."""
+        """Write every row queued so far; on a store error the unwritten rows are queued again and it raises.
+
+        Rows queued while a write is in flight wait for the next flush: writing them as they arrive would
+        turn a busy server's batches into one small transaction every few milliseconds.
+        """
         async with self._lock:
             if self._dropped:
                 _log.warning("dropped %d audit rows while the store was unavailable", self._dropped)
                 self._dropped = 0
-            while self._pending:
-                batch = self._pending[:1000]
-                await self._store.record_many(batch)
-                del self._pending[: len(batch)]
+            rows, self._pending = self._pending, []
+            written = 0
+            try:
+                while written < len(rows):
+                    batch = rows[written : written + _BATCH_ROWS]
+                    await self._store.record_many(batch)
+                    written += len(batch)
+            finally:
+                if written < len(rows):
+                    self._requeue(rows[written:])
+
+    def _requeue(self, rows: list[dict[str, Any]]) -> None:
+        """Put unwritten rows back ahead of newer ones, keeping at most `MAX_PENDING` (the newest)."""
+        self._pending[:0] = rows
+        excess = len(self._pending) - MAX_PENDING
+        if excess > 0:
+            del self._pending[:excess]
+            self._dropped += excess
 
     async def aclose(self) -> None:
         """Write what is queued; a store that is down loses only the queued rows, with a warning."""
