@@ -67,7 +67,7 @@ async def test_rows_queued_during_a_write_go_out_with_the_next_flush(store: Stor
     assert batches == [5]
     await writer.flush()
     assert batches == [5, 3]
-    providers = [e.provider for e in await store.audit_entries(limit=20)]
+    providers = [e.provider or "" for e in await store.audit_entries(limit=20)]
     assert sorted(providers) == ["github"] * 5 + ["slack"] * 3
     await writer.aclose()
 
