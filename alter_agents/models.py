@@ -50,7 +50,7 @@ class GrantRef(BaseModel):
 
     provider: str
     account: str
-    label: str | None = None
+    label: str | None = Field(None, exclude_if=lambda v: v is None)  # left out when empty: fewer tokens
 
 
 class Grant(BaseModel):

@@ -124,7 +124,8 @@ class RequestResult(BaseModel):
     body: Any = Field(description="Parsed JSON, text, or a summary of binary content.")
     truncated: bool = Field(False, description="True when the body was cut to the size limit.")
     grant: GrantRef = Field(description="The account whose credential made the call.")
-    note: str | None = Field(None, description="How the account was chosen, when not by the call itself.")
+    note: str | None = Field(None, description="How the account was chosen, when not by the call itself.",
+                             exclude_if=lambda v: v is None)
 
 
 class ConnectResultOut(BaseModel):

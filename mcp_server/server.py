@@ -19,7 +19,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.request_state import RequestStateSecurity
 from mcp_types import CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel
 
 from alter_agents.app import App
 from alter_agents.grant_tools import GrantTool
@@ -37,6 +37,7 @@ from alter_agents.tools import (
 from mcp_server.auth import request_jwt
 from mcp_server.elicit import ClientReach
 from mcp_server.resources import add_grants_resource
+from mcp_server.schema import output_schema
 
 SERVER_NAME = "alter-agents"
 INSTRUCTIONS = (
@@ -160,13 +161,6 @@ def render(result: BaseModel) -> CallToolResult:
     text = json.dumps(data, ensure_ascii=False)
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data,
                           is_error=isinstance(result, ToolErrorPayload))
-
-
-def output_schema(result: type[BaseModel]) -> dict[str, Any]:
-    """An object schema admitting the result or the error payload."""
-    either: Any = result | ToolErrorPayload
-    schema = TypeAdapter(either).json_schema()
-    return {"type": "object", **schema}
 
 
 def _grant_annotations(extra: GrantTool) -> ToolAnnotations:
