@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,16 +201,17 @@ async def expire_access_token(app: App, grant_id: str) -> None:
 
 
 @contextmanager
-def mcp_server_process(kind: str, bench: Bench) -> Iterator[tuple[str, int]]:
-    """Start `bench._mcp_servers` (`ours` or `bare`); yields (MCP endpoint URL, pid)."""
-    command = [sys.executable, "-m", "bench._mcp_servers", kind, bench.api_token]
+def mcp_server_process(kind: str, bench: Bench, prefix: Sequence[str] = (),
+                       env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
+    """Start `bench._mcp_servers` (`ours` or `bare`), run by `prefix` if given; yields (MCP endpoint URL, pid)."""
+    command = [*prefix, sys.executable, "-m", "bench._mcp_servers", kind, bench.api_token]
     profile = os.environ.get("BENCH_PROFILE_MCP")  # e.g. `ours:/tmp/ours.txt`: py-spy, collapsed stacks
     if profile and profile.split(":", 1)[0] == kind:
         command = ["py-spy", "record", "--format", "raw", "--rate", "200", "-o", profile.split(":", 1)[1],
                    "--", *command]
     proc = subprocess.Popen(
         command,
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env_with(bench.env),
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env_with({**bench.env, **(env or {})}),
     )
     try:
         assert proc.stdout is not None
@@ -222,7 +223,7 @@ def mcp_server_process(kind: str, bench: Bench) -> Iterator[tuple[str, int]]:
         if proc.stdin:
             proc.stdin.close()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=10 if not prefix else 120)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

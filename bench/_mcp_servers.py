@@ -4,12 +4,14 @@
 
 `ours` reads the vault's ALTER_* environment and verifies each request's bearer JWT. `bare` has no
 auth and no vault: its `request` tool sends the GET with the API token it was given. Both print
-their port on stdout and serve until stdin closes.
+their port on stdout and serve until stdin closes. `BENCH_TIME_SCALE=k` stretches our time-based
+batching (audit flush, grant cache) k times, for a server run k times slower under valgrind.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 from dataclasses import replace
@@ -42,6 +44,11 @@ def _bare(token: str, port: int) -> Starlette:
 
 def _ours(port: int) -> Starlette:
     from alter_agents import App, Settings
+    from alter_agents.vault import audit, cache
+
+    scale = float(os.environ.get("BENCH_TIME_SCALE", "1"))
+    audit.FLUSH_DELAY *= scale
+    cache.GRANT_CACHE_SECONDS *= scale
     from alter_agents.sessions import UserSession
     from mcp_server.auth import session_jwt
     from mcp_server.http import build_http

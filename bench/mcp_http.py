@@ -8,7 +8,7 @@ sends the GET with a fixed token. Target: throughput ratio >= 0.85; p50/p99 repo
 Throughput is measured in steady state, the sides taking turns in ABBA order (`bench/_steady.py`);
 every round's ratio is printed too, to show the spread.
 
-    python -m bench.mcp_http [--sessions 32] [--rounds 6] [--window 1.5] [--mode legacy|2026-07-28]
+    python -m bench.mcp_http [--sessions 32] [--rounds 8] [--window 1.5] [--mode legacy|2026-07-28]
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _report(bare: Load, ours: Load, sessions: int, mode: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=6, help="timed phases per server")
+    parser.add_argument("--rounds", type=int, default=8, help="timed phases per server")
     parser.add_argument("--window", type=float, default=1.5, help="seconds timed per phase")
     parser.add_argument("--mode", default="legacy", help="protocol era: legacy (2025-11-25) or 2026-07-28")
     args = parser.parse_args()

@@ -5,7 +5,7 @@ so drift (and other load on the machine) hits both sides alike. At 64-way concur
 is measured in steady state, the sides taking turns in ABBA order (`bench/_steady.py`), with at
 least `--n` calls timed per side. Targets: p50 ratio <= 1.10 and throughput ratio >= 0.90.
 
-    python -m bench.request_overhead [--n 2000] [--concurrency 64] [--rounds 6] [--store URL]
+    python -m bench.request_overhead [--n 2000] [--concurrency 64] [--rounds 8] [--store URL]
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=6, help="timed concurrent phases per side")
+    parser.add_argument("--rounds", type=int, default=8, help="timed concurrent phases per side")
     parser.add_argument("--store", default=None, help="SQLAlchemy URL (default: a temporary SQLite file)")
     args = parser.parse_args()
     with bench_vault(args.store) as b:

@@ -23,9 +23,9 @@ T = TypeVar("T")
 class GrantCache(Generic[T]):
     """Memoizes store reads keyed by their arguments, invalidated by time and by local grant writes."""
 
-    def __init__(self, store: Store, ttl: float = GRANT_CACHE_SECONDS) -> None:
+    def __init__(self, store: Store, ttl: float | None = None) -> None:
         self._store = store
-        self._ttl = ttl
+        self._ttl = GRANT_CACHE_SECONDS if ttl is None else ttl
         self._entries: dict[Hashable, tuple[float, int, T]] = {}
         self._loading: dict[tuple[Hashable, int], asyncio.Future[T]] = {}
 

@@ -6,9 +6,11 @@ so two processes writing one file wait for each other instead of failing with "d
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -132,6 +134,12 @@ class Store:
         if self.dialect == "sqlite":
             _sqlite_setup(self.engine)
         self.url = url
+        # SQLite takes one writer at a time, and a writer that finds the lock taken sleeps in SQLite's
+        # busy handler (up to 100 ms a try). Queueing this process's writers here leaves the busy handler
+        # to writers in other processes; 16 concurrent writers in one process get ~1.6x the writes/s.
+        self._write_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -146,6 +154,23 @@ class Store:
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with self._writer_turn(), self._write_transaction() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _writer_turn(self) -> AsyncIterator[None]:
+        if self.dialect != "sqlite":
+            yield  # PostgreSQL locks rows, not the database
+            return
+        loop = asyncio.get_running_loop()
+        lock = self._write_locks.get(loop)
+        if lock is None:
+            lock = self._write_locks[loop] = asyncio.Lock()
+        async with lock:
+            yield
+
+    @asynccontextmanager
+    async def _write_transaction(self) -> AsyncIterator[AsyncConnection]:
         try:
             async with self.engine.connect() as conn:
                 conn = await conn.execution_options(alter_write=True)

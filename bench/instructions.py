@@ -1,0 +1,135 @@
+"""Benchmark 2, counted: instructions per MCP `request` call, server and client, ours vs the bare server.
+
+Timing on a small shared machine moves by 10-20% between runs; valgrind's callgrind counts the
+instructions a process executes, which repeats within about 1%. Each server runs under callgrind with
+counting switched on only around the measured calls (one session, sequential); then the client
+process is counted the same way against each server, uncounted. A sequential call also costs the
+local API, which is the same for both sides and left out. The ratio of the totals, bare over ours,
+is the throughput ratio to expect when the CPUs are the limit.
+
+Under valgrind a process runs some 50 times slower, so our server's time-based batching (audit flush,
+grant cache) is stretched by the same factor (`BENCH_TIME_SCALE`) to keep it per call as in real time.
+
+    python -m bench.instructions [--calls 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import anyio
+import httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from bench._common import ROOT, Bench, bench_vault, env_with, mcp_server_process, verdict
+
+VALGRIND_SLOWDOWN = "50"
+WARM_UP_CALLS = 30
+
+
+def _callgrind(out: Path) -> list[str]:
+    return ["valgrind", "-q", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+
+
+def _count(pid: int, on: bool) -> None:
+    subprocess.run(["callgrind_control", "-i", "on" if on else "off", str(pid)], check=True, capture_output=True)
+
+
+def _total(out: Path) -> int:
+    """Instructions counted, from the `totals:` line callgrind writes at exit."""
+    for line in out.read_text().splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {out}")
+
+
+async def _server_side(bench: Bench, kind: str, token: str | None, calls: int, tmp: Path) -> float:
+    out = tmp / f"server-{kind}.out"
+    env = {"BENCH_TIME_SCALE": VALGRIND_SLOWDOWN}
+    with mcp_server_process(kind, bench, prefix=_callgrind(out), env=env) as (endpoint, pid):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        arguments = {"url": f"{bench.api_url}/v1/items", "provider": "bench"}
+        transport = streamable_http_client(endpoint, http_client=httpx2.AsyncClient(headers=headers, timeout=300))
+        async with Client(transport, mode="legacy") as client:
+            for _ in range(WARM_UP_CALLS):
+                await client.call_tool("request", arguments)
+            _count(pid, on=True)
+            for _ in range(calls):
+                result = await client.call_tool("request", arguments)
+                assert not result.is_error, result
+            _count(pid, on=False)
+    return _total(out) / calls
+
+
+def _client_side(bench: Bench, kind: str, token: str | None, calls: int, tmp: Path) -> float:
+    out = tmp / f"client-{kind}.out"
+    with mcp_server_process(kind, bench) as (endpoint, _):
+        command = [*_callgrind(out), sys.executable, "-m", "bench._mcp_client", endpoint, token or "-",
+                   bench.api_url, str(calls)]
+        with _talking(command) as (proc, say):
+            say("ready")
+            _count(proc.pid, on=True)
+            say("done")
+            _count(proc.pid, on=False)
+    return _total(out) / calls
+
+
+@contextmanager
+def _talking(command: list[str]) -> Iterator[tuple[subprocess.Popen[str], object]]:
+    """Run `command`; `say(word)` waits for it to print `word`, then lets it go on."""
+    proc = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=env_with({}))
+    assert proc.stdin is not None and proc.stdout is not None
+    stdin, stdout = proc.stdin, proc.stdout
+
+    def say(word: str) -> None:
+        line = stdout.readline().strip()
+        if line != word:
+            raise RuntimeError(f"client printed {line!r}, expected {word!r}")
+        stdin.write("\n")
+        stdin.flush()
+
+    try:
+        yield proc, say
+    finally:
+        stdin.close()
+        proc.wait(timeout=120)
+
+
+def main(bench: Bench, calls: int) -> bool:
+    jwt = bench.user_jwt()
+    counts: dict[str, dict[str, float]] = {"server": {}, "client": {}}
+    with tempfile.TemporaryDirectory(prefix="alter-bench-cg-") as tmp:
+        for kind, token in (("bare", None), ("ours", jwt)):
+            counts["server"][kind] = anyio.run(_server_side, bench, kind, token, calls, Path(tmp))
+            counts["client"][kind] = _client_side(bench, kind, token, calls, Path(tmp))
+    print(f"instructions per MCP `request` call (callgrind, {calls} sequential calls per side)")
+    print(f"  {'':10}{'bare SDK server':>17}{'alter-agents':>15}{'ours/bare':>11}")
+    for part in ("server", "client"):
+        b, o = counts[part]["bare"], counts[part]["ours"]
+        print(f"  {part:10}{b / 1e6:15.3f} M{o / 1e6:13.3f} M{o / b:11.3f}")
+    total = {k: counts["server"][k] + counts["client"][k] for k in ("bare", "ours")}
+    ratio = total["bare"] / total["ours"]
+    print(f"  {'total':10}{total['bare'] / 1e6:15.3f} M{total['ours'] / 1e6:13.3f} M{1 / ratio:11.3f}")
+    print(f"  throughput ratio when the CPUs are the limit (bare total / ours total): {ratio:.3f}")
+    ok = ratio >= 0.85
+    print(f"  target throughput ratio >= 0.85: {verdict(ok)}")
+    return ok
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=100)
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        sys.exit("valgrind (with callgrind_control) is needed: apt-get install valgrind")
+    with bench_vault() as b:
+        main(b, args.calls)
