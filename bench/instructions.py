@@ -1,11 +1,11 @@
 """Benchmark 2, counted: instructions per MCP `request` call, server and client, ours vs the bare server.
 
 Timing on a small shared machine moves by 10-20% between runs; valgrind's callgrind counts the
-instructions a process executes, which repeats within about 1%. Each server runs under callgrind with
-counting switched on only around the measured calls (one session, sequential); then the client
-process is counted the same way against each server, uncounted. A sequential call also costs the
-local API, which is the same for both sides and left out. The ratio of the totals, bare over ours,
-is the throughput ratio to expect when the CPUs are the limit.
+instructions a process executes, which repeats within about 1%. One client session
+(`bench._mcp_client`) makes the measured calls in sequence: first with the server under callgrind,
+counting switched on only around those calls; then with the client itself counted the same way.
+A sequential call also costs the local API, the same for both sides and left out. The ratio of the
+totals, bare over ours, is the throughput ratio to expect when the CPUs are the limit.
 
 Under valgrind a process runs some 50 times slower, so our server's time-based batching (audit flush,
 grant cache) is stretched by the same factor (`BENCH_TIME_SCALE`) to keep it per call as in real time.
@@ -20,19 +20,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-
-import anyio
-import httpx2
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from bench._common import ROOT, Bench, bench_vault, env_with, mcp_server_process, verdict
 
 VALGRIND_SLOWDOWN = "50"
-WARM_UP_CALLS = 30
 
 
 def _callgrind(out: Path) -> list[str]:
@@ -51,56 +43,41 @@ def _total(out: Path) -> int:
     raise RuntimeError(f"no totals in {out}")
 
 
-async def _server_side(bench: Bench, kind: str, token: str | None, calls: int, tmp: Path) -> float:
+def _server_side(bench: Bench, kind: str, token: str | None, calls: int, tmp: Path) -> float:
     out = tmp / f"server-{kind}.out"
     env = {"BENCH_TIME_SCALE": VALGRIND_SLOWDOWN}
     with mcp_server_process(kind, bench, prefix=_callgrind(out), env=env) as (endpoint, pid):
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        arguments = {"url": f"{bench.api_url}/v1/items", "provider": "bench"}
-        transport = streamable_http_client(endpoint, http_client=httpx2.AsyncClient(headers=headers, timeout=300))
-        async with Client(transport, mode="legacy") as client:
-            for _ in range(WARM_UP_CALLS):
-                await client.call_tool("request", arguments)
-            _count(pid, on=True)
-            for _ in range(calls):
-                result = await client.call_tool("request", arguments)
-                assert not result.is_error, result
-            _count(pid, on=False)
+        _count_calls(_client(bench, endpoint, token, calls), counted=pid)
     return _total(out) / calls
 
 
 def _client_side(bench: Bench, kind: str, token: str | None, calls: int, tmp: Path) -> float:
     out = tmp / f"client-{kind}.out"
     with mcp_server_process(kind, bench) as (endpoint, _):
-        command = [*_callgrind(out), sys.executable, "-m", "bench._mcp_client", endpoint, token or "-",
-                   bench.api_url, str(calls)]
-        with _talking(command) as (proc, say):
-            say("ready")
-            _count(proc.pid, on=True)
-            say("done")
-            _count(proc.pid, on=False)
+        _count_calls([*_callgrind(out), *_client(bench, endpoint, token, calls)], counted=None)
     return _total(out) / calls
 
 
-@contextmanager
-def _talking(command: list[str]) -> Iterator[tuple[subprocess.Popen[str], object]]:
-    """Run `command`; `say(word)` waits for it to print `word`, then lets it go on."""
+def _client(bench: Bench, endpoint: str, token: str | None, calls: int) -> list[str]:
+    return [sys.executable, "-m", "bench._mcp_client", endpoint, token or "-", bench.api_url, str(calls)]
+
+
+def _count_calls(command: list[str], counted: int | None) -> None:
+    """Run the client `command`; count process `counted` (or the client itself) during its timed calls."""
     proc = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             env=env_with({}))
     assert proc.stdin is not None and proc.stdout is not None
-    stdin, stdout = proc.stdin, proc.stdout
-
-    def say(word: str) -> None:
-        line = stdout.readline().strip()
-        if line != word:
-            raise RuntimeError(f"client printed {line!r}, expected {word!r}")
-        stdin.write("\n")
-        stdin.flush()
-
+    pid = counted or proc.pid
     try:
-        yield proc, say
+        for word, on in (("ready", True), ("done", False)):
+            line = proc.stdout.readline().strip()
+            if line != word:
+                raise RuntimeError(f"client printed {line!r}, expected {word!r}")
+            _count(pid, on=on)
+            proc.stdin.write("\n")
+            proc.stdin.flush()
     finally:
-        stdin.close()
+        proc.stdin.close()
         proc.wait(timeout=120)
 
 
@@ -109,7 +86,7 @@ def main(bench: Bench, calls: int) -> bool:
     counts: dict[str, dict[str, float]] = {"server": {}, "client": {}}
     with tempfile.TemporaryDirectory(prefix="alter-bench-cg-") as tmp:
         for kind, token in (("bare", None), ("ours", jwt)):
-            counts["server"][kind] = anyio.run(_server_side, bench, kind, token, calls, Path(tmp))
+            counts["server"][kind] = _server_side(bench, kind, token, calls, Path(tmp))
             counts["client"][kind] = _client_side(bench, kind, token, calls, Path(tmp))
     print(f"instructions per MCP `request` call (callgrind, {calls} sequential calls per side)")
     print(f"  {'':10}{'bare SDK server':>17}{'alter-agents':>15}{'ours/bare':>11}")
