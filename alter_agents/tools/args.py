@@ -1,0 +1,102 @@
+"""Tool arguments as the model sends them: strict schemas, validated by our models, errors by field."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from alter_agents.errors import InvalidArgumentsError
+
+_REFUSED_HEADERS = frozenset({
+    "authorization", "proxy-authorization", "cookie", "x-api-key", "api-key", "x-auth-token",
+    "private-token", "x-goog-api-key", "host",
+})
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HEADER_VALUE = re.compile(r"^[\t\x20-\x7e]*$")
+
+Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+QueryValue = str | int | float | bool
+
+
+class GrantRequestArgs(BaseModel):
+    """Arguments of `request` in a pinned-grant session: no provider, no account."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    method: Method = Field("GET", description="HTTP method.")
+    url: str = Field(description="Absolute https URL of the API endpoint, e.g. https://api.github.com/user/repos")
+    query: dict[str, QueryValue] | None = Field(None, description='Query parameters, e.g. {"per_page": 10}.')
+    headers: dict[str, str] | None = Field(
+        None, description='Extra headers, e.g. {"Accept": "application/json"}. Never credentials.'
+    )
+    json_body: Any = Field(None, alias="json", description="JSON request body for POST/PUT/PATCH.")
+    body: str | None = Field(None, description="Raw text request body, when not JSON.")
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper_method(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("headers")
+    @classmethod
+    def _plain_headers(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for name, text in (value or {}).items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if not _HEADER_VALUE.match(text):
+                raise ValueError(f"the value of {name} must be printable ASCII on one line")
+        return value
+
+    @model_validator(mode="after")
+    def _one_body(self) -> GrantRequestArgs:
+        if self.json_body is not None and self.body is not None:
+            raise ValueError("send either json or body, not both")
+        return self
+
+
+class RequestArgs(GrantRequestArgs):
+    """Arguments of `request`."""
+
+    provider: str | None = Field(
+        None, description="Provider name, e.g. github or google. Optional: inferred from the URL's host."
+    )
+    account: str | None = Field(
+        None, description="Which connected account to use (identifier or label), when several are connected."
+    )
+
+
+class ConnectArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str = Field(description="Provider to link, e.g. github, google, slack.")
+    scopes: list[str] | None = Field(None, description="OAuth scopes to ask for; default: the provider's.")
+    label: str | None = Field(None, description="A name for this account, e.g. work or personal.")
+
+
+
+def validate_args(model: type[Any], args: Any) -> Any:
+    if isinstance(args, model):
+        return args
+    try:
+        return model.model_validate(args)
+    except ValidationError as exc:
+        raise arguments_error(exc) from None
+
+
+def arguments_error(exc: ValidationError) -> InvalidArgumentsError:
+    """A schema rejection as the model sees it: each problem by field, never the rejected value."""
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors())
+    return InvalidArgumentsError(f"Invalid arguments: {problems}. Fix them and call again.")
+
+
+
+def refuse_credential_headers(headers: dict[str, str] | None) -> None:
+    refused = sorted(h for h in (headers or {}) if h.lower() in _REFUSED_HEADERS)
+    if refused:
+        raise InvalidArgumentsError(
+            f"Do not send {', '.join(refused)}: credentials are added for you. Remove them and call again.",
+            refused_headers=refused,
+        )
+
