@@ -15,7 +15,54 @@ from alter_agents.models import ConnectResult
 from alter_agents.vault.crypto import generate_key
 from tests.fixtures import AsyncBrowser, Browser, IdentityProvider, OAuthServer, UpstreamAPI
 
-PG_URL = os.environ.get("ALTER_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+PG_SERVER_URL = os.environ.get("ALTER_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+# Each run gets a database of its own (made in `pytest_configure`, dropped at the end), so two suites
+# running at once on one server never touch each other's tables.
+PG_URL = PG_SERVER_URL
+_PG_ERROR: str | None = None
+
+
+def _pg_admin(sql: str) -> None:
+    import asyncio
+
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(PG_SERVER_URL)
+
+    async def run() -> None:
+        conn = await asyncpg.connect(user=url.username, password=url.password, host=url.host or "127.0.0.1",
+                                     port=url.port or 5432, database=url.database or "postgres", timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global PG_URL, _PG_ERROR
+    from sqlalchemy.engine import make_url
+
+    name = f"alter_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        _pg_admin(f'CREATE DATABASE "{name}"')
+    except Exception as exc:  # reported by `fresh_postgres` in the tests that need it
+        _PG_ERROR = f"{type(exc).__name__}: {exc}"
+        return
+    PG_URL = make_url(PG_SERVER_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if PG_URL != PG_SERVER_URL:
+        _pg_admin(f'DROP DATABASE IF EXISTS "{make_url_database(PG_URL)}" WITH (FORCE)')
+
+
+def make_url_database(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return str(make_url(url).database)
 
 
 @pytest.fixture
@@ -123,11 +170,13 @@ async def _reset_postgres(url: str) -> None:
 async def fresh_postgres() -> str:
     """The machine's PostgreSQL with no alter tables; in CI its absence fails the test, else skips it."""
     try:
+        if _PG_ERROR is not None:
+            raise OSError(_PG_ERROR)
         await _reset_postgres(PG_URL)
     except (OSError, ImportError) as exc:
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is required in CI: {exc}")
-        pytest.skip(f"no PostgreSQL at {PG_URL}: {exc}")
+        pytest.skip(f"no PostgreSQL at {PG_SERVER_URL}: {exc}")
     return PG_URL
 
 

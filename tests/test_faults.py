@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from alter_agents.vault.crypto import generate_key
 from alter_agents.vault.schema import grants
 from tests.conftest import Deployment, connect_as, fresh_postgres, make_deployment
 from tests.fixtures import AsyncBrowser, IdentityProvider, OAuthServer, UpstreamAPI
+from tests.fixtures.tcp_proxy import TcpProxy
 
 # An access token that lives less than the refresh skew (60 s) is due for refresh on every call.
 DUE_AT_ONCE_TTL = 30
@@ -210,32 +210,16 @@ async def test_a_wrong_or_corrupt_vault_key_is_a_clear_error_and_changes_nothing
         assert response.status == 200 and response.json_body()["account"] == "me-gh"
 
 
-def _pg_cluster() -> tuple[str, str] | None:
-    """(version, name) of the machine's PostgreSQL cluster, when it can be restarted from here."""
-    versions = sorted(Path("/etc/postgresql").glob("*/main")) if Path("/etc/postgresql").is_dir() else []
-    if not versions or not shutil.which("pg_ctlcluster"):
-        return None
-    return versions[-1].parent.name, "main"
-
-
-def _pg_ctl(cluster: tuple[str, str], action: str) -> None:
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, action],
-                   check=True, timeout=60, capture_output=True)
-
-
-def _ensure_pg_running(cluster: tuple[str, str]) -> None:
-    status = subprocess.run(["pg_ctlcluster", *cluster, "status"], timeout=30, capture_output=True)
-    if status.returncode != 0:
-        _pg_ctl(cluster, "start")
-
-
-async def test_a_postgresql_restart_under_load_fails_calls_cleanly_and_they_recover_in_process(
+async def test_a_postgresql_outage_under_load_fails_calls_cleanly_and_they_recover_in_process(
     tmp_path: Path, idp: IdentityProvider, oauth: OAuthServer, upstream: UpstreamAPI, oauth_client: tuple[str, str],
 ) -> None:
-    cluster = _pg_cluster()
-    if cluster is None:
-        pytest.skip("no local PostgreSQL cluster to restart")
-    d = make_deployment(tmp_path, await fresh_postgres(), idp, oauth, upstream, oauth_client).local()
+    """The outage is a TCP proxy of the test's own cutting every connection: the shared server is never touched."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(await fresh_postgres())
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432).__enter__()
+    d = make_deployment(tmp_path, url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False),
+                        idp, oauth, upstream, oauth_client).local()
     app = d.app()
     upstream.add_secret("key-under-load", "svc")
     await app.vault.add_secret("keyed", "key-under-load", owner=Principal("app"), account="svc")  # type: ignore[attr-defined]
@@ -263,22 +247,23 @@ async def test_a_postgresql_restart_under_load_fails_calls_cleanly_and_they_reco
 
     async def restart() -> None:
         await asyncio.sleep(0.5)
-        try:  # stopped for longer than the grant cache lives, so calls must reach the dead database
-            await asyncio.to_thread(_pg_ctl, cluster, "stop")
+        try:  # down for longer than the grant cache lives, so calls must reach the dead database
+            proxy.cut()
             await asyncio.sleep(1.5)
         finally:
-            await asyncio.to_thread(_ensure_pg_running, cluster)
+            proxy.restore()
         restarted.set()
 
     try:
         await asyncio.gather(restart(), *(worker() for _ in range(4)))
     finally:
-        await asyncio.to_thread(_ensure_pg_running, cluster)
+        proxy.restore()
     assert recovered_streak >= 30, f"calls did not recover after the restart: {outcomes[-20:]}"
     assert set(outcomes) == {"ok", "internal"}, "calls failed with the typed, retryable error while it was down"
     entries = await app.vault.audit(limit=10_000)  # type: ignore[attr-defined]
     assert sum(e.action == "call" for e in entries) >= outcomes.count("ok") - 1
     await app.aclose()
+    proxy.__exit__(None, None, None)
 
 
 _MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
