@@ -196,7 +196,7 @@ def vault() -> None:
 @click.option("--port", default=8780, show_default=True, help="Port to listen on (0 picks a free one).")
 def vault_serve(host: str, port: int) -> None:
     """Serve the vault to alter-sdk clients and to App(base_url=..., api_key=...)."""
-    from alter_agents.vault.server import serve
+    from alter_agents.server.app import serve
 
     serve(host, port)
 
@@ -207,7 +207,7 @@ def keys() -> None:
 
 
 async def _with_keys(action: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
-    from alter_agents.vault.keys import ApiKeys
+    from alter_agents.server.keys import ApiKeys
 
     local = LocalVault()
     try:

@@ -18,9 +18,9 @@ from alter_agents.errors import (
     UnauthenticatedError,
 )
 from alter_agents.models import ConnectStart
+from alter_agents.server.keys import generate_key
 from alter_agents.sessions import HeadlessSession, UserSession
 from alter_agents.tools import AlterTools, CallContext
-from alter_agents.vault.keys import generate_key
 from alter_agents.vault.remote import RemoteVault
 from tests.conftest import Deployment
 from tests.fixtures import AsyncBrowser

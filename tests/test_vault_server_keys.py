@@ -6,7 +6,7 @@ import alter_sdk
 from hypothesis import given
 from hypothesis import strategies as st
 
-from alter_agents.vault.keys import ALPHABET, KEY_KINDS, generate_key, is_well_formed, key_hash
+from alter_agents.server.keys import ALPHABET, KEY_KINDS, generate_key, is_well_formed, key_hash
 
 
 @given(st.sampled_from(KEY_KINDS), st.integers(min_value=6, max_value=27), st.sampled_from(ALPHABET))

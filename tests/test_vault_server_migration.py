@@ -11,9 +11,9 @@ from sqlalchemy import MetaData, insert, inspect, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from alter_agents import App
+from alter_agents.server.keys import ApiKeys
 from alter_agents.vault import schema
 from alter_agents.vault.crypto import Cipher, load_or_create_key
-from alter_agents.vault.keys import ApiKeys
 from alter_agents.vault.local import LocalVault
 from tests.conftest import Deployment, make_deployment
 from tests.fixtures import IdentityProvider, OAuthServer, UpstreamAPI

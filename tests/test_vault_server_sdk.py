@@ -14,7 +14,7 @@ import httpx
 import pytest
 from alter_sdk import exceptions as sdk_errors
 
-from alter_agents.vault.signing import sign
+from alter_agents.server.signing import sign
 from tests.conftest import Deployment
 from tests.fixtures import AsyncBrowser
 from tests.fixtures.vault_server import VaultServerProcess, mint_key
@@ -231,7 +231,7 @@ async def test_unknown_keys_revoked_keys_and_unknown_routes_answer_json_never_40
     assert unknown.status_code != 404 and unknown.json()["error"] == "unknown_route"
     assert httpx.get(f"{served.server.url}/nothing").json()["error"] == "unknown_route"
 
-    from alter_agents.vault.keys import generate_key
+    from alter_agents.server.keys import generate_key
 
     stranger = generate_key()
     response = httpx.post(f"{served.server.url}/sdk/grants/list", content=b"{}",
@@ -267,7 +267,7 @@ async def test_a_client_that_names_its_caller_signs_over_it_and_cannot_be_stripp
     finally:
         await named.close()
 
-    from alter_agents.vault.signing import _digest, signing_key, string_to_sign
+    from alter_agents.server.signing import _digest, signing_key, string_to_sign
 
     body, ts, nonce = b"{}", str(int(time.time())), "ab" * 16
     actor = {"x-alter-caller": "billing-bot", "x-alter-caller-type": "service"}

@@ -30,12 +30,9 @@ from alter_agents.errors import (
 )
 from alter_agents.models import AccountRef, ConnectResult, ConnectStart, ConnectStatus, Grant, ReleasedCredential
 from alter_agents.providers import Providers, ProviderSpec
-from alter_agents.settings import Settings
-from alter_agents.upstream import is_loopback
-from alter_agents.vault.connect import ProgressCallback, wait_for_connect
-from alter_agents.vault.keys import is_well_formed
-from alter_agents.vault.signing import sign
-from alter_agents.vault.wire import (
+from alter_agents.server.keys import is_well_formed
+from alter_agents.server.signing import sign
+from alter_agents.server.wire import (
     ConnectSessionResponse,
     GrantItem,
     GrantListResponse,
@@ -43,6 +40,9 @@ from alter_agents.vault.wire import (
     TokenResponse,
     WireInjection,
 )
+from alter_agents.settings import Settings
+from alter_agents.upstream import is_loopback
+from alter_agents.vault.connect import ProgressCallback, wait_for_connect
 
 _POLL_INTERVAL = 0.25
 M = TypeVar("M", bound=BaseModel)

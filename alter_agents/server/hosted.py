@@ -19,10 +19,10 @@ from sqlalchemy import insert, select
 
 from alter_agents.errors import ConnectError, InvalidArgumentsError
 from alter_agents.models import APP, ConnectStatus
+from alter_agents.server.wire import ConnectSessionResponse, PolledGrant, PollError, PollResponse
 from alter_agents.vault.connect import CONNECT_TTL_SECONDS
 from alter_agents.vault.local import LocalVault
 from alter_agents.vault.schema import connect_link_flows, connect_links
-from alter_agents.vault.wire import ConnectSessionResponse, PolledGrant, PollError, PollResponse
 
 _TERMINAL_ERRORS = {"denied": "connect_denied", "error": "connect_failed"}
 

@@ -30,14 +30,10 @@ from starlette.routing import Route
 from alter_agents import errors
 from alter_agents.errors import AlterError, AmbiguousGrantError, InvalidArgumentsError
 from alter_agents.models import Grant, ReleasedCredential
-from alter_agents.settings import Settings
-from alter_agents.vault.hosted import HostedConnect, LinkNotFound
-from alter_agents.vault.keys import ApiKeyInfo, ApiKeys, KeyRejected
-from alter_agents.vault.local import LocalVault
-from alter_agents.vault.loopback import page
-from alter_agents.vault.resolve import matches_account
-from alter_agents.vault.signing import NonceLedger, SignatureRejected, verify
-from alter_agents.vault.wire import (
+from alter_agents.server.hosted import HostedConnect, LinkNotFound
+from alter_agents.server.keys import ApiKeyInfo, ApiKeys, KeyRejected
+from alter_agents.server.signing import NonceLedger, SignatureRejected, verify
+from alter_agents.server.wire import (
     AuditRequest,
     Candidate,
     ConnectSessionRequest,
@@ -52,6 +48,10 @@ from alter_agents.vault.wire import (
     WireInjection,
     rfc3339,
 )
+from alter_agents.settings import Settings
+from alter_agents.vault.local import LocalVault
+from alter_agents.vault.loopback import page
+from alter_agents.vault.resolve import matches_account
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 _STATUS = {
