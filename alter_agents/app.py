@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 import webbrowser
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import httpx
 
-from alter_agents.errors import AlterError, InvalidArgumentsError
+from alter_agents.errors import AlterError, ConfigurationError, InvalidArgumentsError
 from alter_agents.models import ApiResponse, ConnectResult, ConnectStart, Grant
 from alter_agents.providers import Providers
 from alter_agents.settings import Settings
@@ -23,13 +24,17 @@ from alter_agents.vault.local import LocalVault
 
 TokenGetter = Callable[[], str | None] | Callable[[], Awaitable[str | None]]
 UrlCallback = Callable[[ConnectStart], Awaitable[None] | None]
+T = TypeVar("T")
 
 
 class App:
     """Call providers' APIs with stored credentials.
 
-    With no arguments it uses the embedded vault (a SQLite file in the platform data directory, or
-    `ALTER_VAULT_URL`). With `base_url` (and `api_key`) it talks to a vault server instead.
+    The vault server is found the way the official `alter-sdk` client finds it: `base_url`, else
+    `ALTER_BASE_URL`, with the key from `api_key` or `ALTER_API_KEY`. Without one it uses the embedded
+    vault (a SQLite file in the platform data directory, or `ALTER_VAULT_URL`); passing `settings=`
+    alone asks for the embedded vault explicitly. An `api_key` with no server to send it to is refused
+    rather than ignored.
     """
 
     def __init__(
@@ -42,6 +47,13 @@ class App:
         vault: Vault | None = None,
         upstream: Upstream | None = None,
     ) -> None:
+        if vault is None and base_url is None and (api_key is not None or settings is None):
+            base_url = os.environ.get("ALTER_BASE_URL") or None
+        if vault is None and base_url is None and api_key:
+            raise ConfigurationError(
+                "api_key names a vault server, but none is set: set ALTER_BASE_URL (or pass base_url=), "
+                "or leave api_key out to use the embedded vault."
+            )
         if vault is None and base_url:
             from alter_agents.vault.remote import RemoteVault
 
@@ -65,6 +77,10 @@ class App:
     async def aclose(self) -> None:
         await self.upstream.aclose()
         await self.vault.aclose()
+
+    async def close(self) -> None:
+        """The official client's name for `aclose()`."""
+        await self.aclose()
 
     async def user_token(self, explicit: str | None = None) -> str | None:
         if explicit:
@@ -99,12 +115,26 @@ class App:
         headers: Mapping[str, str] | None = None,
         json: Any = None,
         content: bytes | str | None = None,
+        query_params: Mapping[str, Any] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        body: bytes | str | None = None,
+        reason: str | None = None,
     ) -> ApiResponse:
         """Call `url` with the credential of the grant the session resolves to.
 
-        Raises `AmbiguousGrantError` (see `.accounts`), `NotConnectedError`, `HostNotAllowedError`, ...
-        An upstream 4xx/5xx is returned, not raised.
+        Returns an `httpx.Response` (an `ApiResponse`, whose `grant` names the grant that acted).
+        `query_params`, `extra_headers` and `body` are the official client's names for `query`,
+        `headers` and `content`; `reason` is written to the audit log. Raises `AmbiguousGrantError`
+        (see `.accounts`), `NotConnectedError`, `HostNotAllowedError`, ...; an upstream 4xx/5xx is
+        returned, not raised (call `raise_for_status()` for that).
         """
+        query = _one_of("query", query, "query_params", query_params)
+        headers = _one_of("headers", headers, "extra_headers", extra_headers)
+        if content is not None and body is not None:
+            raise InvalidArgumentsError("Pass content or body, not both.")
+        content = content if content is not None else body
+        if json is not None and content is not None:
+            raise InvalidArgumentsError("Pass either json or a body, not both.")
         token = await self.user_token(user_token)
         if not provider and not grant_id:
             provider = self.infer_provider(url)
@@ -112,6 +142,7 @@ class App:
             url=url, method=method, provider=provider, user_token=token, account=account, label=label,
             grant_id=grant_id,
         )
+        note = f"reason: {reason}" if reason else None
         try:
             response, latency = await self.upstream.send(
                 credential, method, url, query=query, headers=headers, json=json, content=content
@@ -120,8 +151,8 @@ class App:
             await self.vault.record_call(credential.grant, method=method, url=url, status=None, latency_ms=None,
                                          principal=credential.principal, error=exc.code)
             raise
-        await self.vault.record_call(credential.grant, method=method, url=url, status=response.status,
-                                     latency_ms=latency, principal=credential.principal)
+        await self.vault.record_call(credential.grant, method=method, url=url, status=response.status_code,
+                                     latency_ms=latency, principal=credential.principal, error=note)
         return response
 
     async def start_connect(
@@ -157,6 +188,13 @@ class App:
         """The session's grants, without secrets."""
         token = await self.user_token(user_token)
         return await self.vault.list_grants(user_token=token, provider=provider)
+
+
+def _one_of(name: str, value: T | None, alias: str, alias_value: T | None) -> T | None:
+    """Our keyword or the official client's; both at once is a mistake worth saying."""
+    if value is not None and alias_value is not None:
+        raise InvalidArgumentsError(f"Pass {name} or {alias}, not both.")
+    return value if value is not None else alias_value
 
 
 async def _announce(start: ConnectStart, open_browser: bool, on_url: UrlCallback | None) -> None:

@@ -144,6 +144,25 @@ class AmbiguousGrantError(GrantError):
         self.provider = provider
         self.accounts: list[AccountRef] = list(accounts)
 
+    # The official client's names, so its `except AmbiguousGrantError as e:` recipes run unchanged.
+    @property
+    def provider_id(self) -> str:
+        return self.provider
+
+    @property
+    def account_identifiers(self) -> list[str]:
+        """Each candidate's account: pass one back as `account=` to retry."""
+        return [a.account for a in self.accounts]
+
+    @property
+    def candidates(self) -> list[AccountRef]:
+        """Each candidate with its `grant_id` (retry with `grant_id=` alone), label and display name."""
+        return self.accounts
+
+    @property
+    def grant_ids(self) -> list[str]:
+        return [a.grant_id for a in self.accounts if a.grant_id]
+
 
 class GrantNotFoundError(GrantError):
     code = "grant_not_found"

@@ -4,7 +4,7 @@
     async def list_my_issues(ctx: GrantContext, repo: str) -> dict:
         '''List open issues assigned to me in a repository (owner/name).'''
         r = await ctx.request("GET", f"https://api.github.com/repos/{repo}/issues", query={"assignee": "@me"})
-        return {"account": ctx.account, "issues": [i["title"] for i in r.body]}
+        return {"account": ctx.account, "issues": [i["title"] for i in r.json()]}
 
 The function's own parameters become the tool schema; `ctx` never appears in it, and an `account`
 argument is added so the model can answer an ambiguity (unless the tool is pinned to one labelled
@@ -28,8 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, TypeAdapter, creat
 from pydantic.errors import PydanticSchemaGenerationError
 
 from alter_agents.errors import AmbiguousGrantError, InvalidArgumentsError, NotConnectedError
-from alter_agents.models import ToolErrorPayload
-from alter_agents.tools import AlterTools, CallContext, RequestResult, shielded, validate_args
+from alter_agents.models import ApiResponse, ToolErrorPayload
+from alter_agents.tools import AlterTools, CallContext, shielded, validate_args
 
 __all__ = ["GrantContext", "GrantTool", "grant_tool", "load_grant_tools"]
 
@@ -64,13 +64,17 @@ class GrantContext:
         headers: Mapping[str, str] | None = None,
         json: Any = None,
         body: str | None = None,
-    ) -> RequestResult:
-        """Call the provider's API as the session's user; raises the same typed errors as `request`."""
+    ) -> ApiResponse:
+        """Call the provider's API as the session's user; raises the same typed errors as `request`.
+
+        Returns what `App.request` returns: an `httpx.Response` with the redacted body (`json()`,
+        `text`, `status_code`) and `grant` naming the account that acted.
+        """
         args: dict[str, Any] = {"method": method.upper(), "url": url, "query": query, "headers": headers,
                                 "json": json, "body": body}
         if not self._tools.pinned:
             args.update(provider=self.provider, account=self.account)
-        result = await self._tools.request(args, self._call)
+        result, _note = await self._tools.respond(args, self._call)
         if result.grant.provider != self.provider:
             raise InvalidArgumentsError(
                 f"This tool works with {self.provider}, but the session's grant is for {result.grant.provider}.",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 GrantStatus = Literal["active", "needs_reauth", "revoked"]
@@ -43,6 +44,17 @@ class AccountRef(BaseModel):
     account: str
     label: str | None = None
     display_name: str | None = None
+    grant_id: str | None = Field(None, exclude=True)  # for a script's retry by grant id; the model uses `account`
+
+    @property
+    def account_identifier(self) -> str:
+        """The official client's name for `account`."""
+        return self.account
+
+    @property
+    def account_display_name(self) -> str | None:
+        """The official client's name for `display_name`."""
+        return self.display_name
 
 
 class GrantRef(BaseModel):
@@ -51,6 +63,7 @@ class GrantRef(BaseModel):
     provider: str
     account: str
     label: str | None = Field(None, exclude_if=lambda v: v is None)  # left out when empty: fewer tokens
+    grant_id: str | None = Field(None, exclude=True)  # for scripts (`response.grant.grant_id`), not the model
 
 
 class Grant(BaseModel):
@@ -72,10 +85,11 @@ class Grant(BaseModel):
     expires_at: datetime | None = None
 
     def ref(self) -> GrantRef:
-        return GrantRef(provider=self.provider, account=self.account, label=self.label)
+        return GrantRef(provider=self.provider, account=self.account, label=self.label, grant_id=self.grant_id)
 
     def account_ref(self) -> AccountRef:
-        return AccountRef(account=self.account, label=self.label, display_name=self.display_name)
+        return AccountRef(account=self.account, label=self.label, display_name=self.display_name,
+                          grant_id=self.grant_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,26 +145,36 @@ class ConnectStatus(BaseModel):
     error: str | None = None
 
 
-class ApiResponse(BaseModel):
-    """An upstream response with every occurrence of the credential already redacted."""
+class ApiResponse(httpx.Response):
+    """An upstream response, as httpx returns it, with every occurrence of the credential redacted.
 
-    status: int
-    headers: dict[str, str]
-    content: bytes
-    truncated: bool = False
-    grant: GrantRef
+    Scripts use it like any `httpx.Response` (`status_code`, `json()`, `text`, `headers`, `url`,
+    `raise_for_status()`); `grant` names the grant that acted and `truncated` says the body was cut
+    at the size cap. Its `request` is rebuilt from the method and URL alone, so no header and no
+    query parameter carrying the credential is reachable from it.
+    """
+
+    def __init__(self, status_code: int, *, headers: Mapping[str, str], content: bytes, grant: GrantRef,
+                 request: httpx.Request, truncated: bool = False) -> None:
+        super().__init__(status_code, headers=dict(headers), content=content, request=request)
+        self.grant = grant
+        self.truncated = truncated
+
+    def __repr__(self) -> str:
+        return f"<ApiResponse [{self.status_code} {self.reason_phrase}] {self.grant.provider}:{self.grant.account}>"
 
     @property
     def content_type(self) -> str:
-        return self.headers.get("content-type", "")
-
-    def json_body(self) -> Any:
-        """The body parsed as JSON."""
-        return json.loads(self.content)
+        return str(self.headers.get("content-type", ""))
 
     @property
-    def text(self) -> str:
-        return self.content.decode("utf-8", errors="replace")
+    def status(self) -> int:
+        """The older name of `status_code`."""
+        return self.status_code
+
+    def json_body(self) -> Any:
+        """The older name of `json()`."""
+        return self.json()
 
 
 class ToolErrorBody(BaseModel):

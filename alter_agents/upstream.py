@@ -203,8 +203,8 @@ class Upstream:
         headers.pop("content-encoding", None)
         headers.pop("content-length", None)
         api = ApiResponse(
-            status=response.status_code, headers=headers, content=content, truncated=truncated,
-            grant=credential.grant.ref(),
+            response.status_code, headers=headers, content=content, truncated=truncated,
+            grant=credential.grant.ref(), request=_public_request(response.request, credential),
         )
         return api, (time.perf_counter() - started) * 1000
 
@@ -223,6 +223,12 @@ class Upstream:
         elif injection.header:
             headers[injection.header] = injection.format.replace("{token}", credential.token)
         return headers
+
+
+def _public_request(sent: httpx.Request, credential: ReleasedCredential) -> httpx.Request:
+    """The sent request's method and URL only: no headers, and no query parameter carrying the credential."""
+    url = sent.url.copy_remove_param(credential.injection.query) if credential.injection.query else sent.url
+    return httpx.Request(sent.method, url)
 
 
 def _query_value(value: Any) -> Any:

@@ -57,13 +57,14 @@ def make_tools(api: Callable[[], str], elsewhere: Callable[[], str]) -> list[Gra
     ) -> dict[str, Any]:
         """List my calendar events for a day."""
         response = await ctx.request("GET", f"{api()}/echo/calendar/{day}", query={"limit": limit})
-        return {"account": response.body["account"], "resolved": ctx.account, "limit": response.body["query"]["limit"]}
+        body = response.json()
+        return {"account": body["account"], "resolved": ctx.account, "limit": body["query"]["limit"]}
 
     @grant_tool(provider="google", label="work")
     async def work_calendar(ctx: GrantContext, day: str) -> dict[str, Any]:
         """List my work calendar for a day."""
         response = await ctx.request("GET", f"{api()}/echo/work/{day}")
-        return {"account": response.body["account"]}
+        return {"account": response.json()["account"]}
 
     @grant_tool(provider="google")
     async def share_notes(ctx: GrantContext, note: str) -> dict[str, Any]:
@@ -298,7 +299,7 @@ async def test_results_of_any_shape_reach_both_surfaces_as_json(
     async def agenda(ctx: GrantContext, day: date) -> list[Event]:
         """My agenda."""
         response = await ctx.request("GET", d.upstream.echo_url(f"agenda/{day}"))
-        return [Event(title=f"Standup with {response.body['account']}", day=day)]
+        return [Event(title=f"Standup with {response.json()['account']}", day=day)]
 
     @grant_tool(provider="google")
     async def untyped(ctx: GrantContext):  # type: ignore[no-untyped-def]

@@ -47,6 +47,11 @@ class RequestTool(ToolsBase):
 
     async def request(self, args: GrantRequestArgs | dict[str, Any], call: CallContext | None = None) -> RequestResult:
         """Resolve the grant for the call, send it, shape the response. Raises typed `AlterError`s."""
+        return self._shape(*await self.respond(args, call))
+
+    async def respond(self, args: GrantRequestArgs | dict[str, Any], call: CallContext | None = None
+                      ) -> tuple[ApiResponse, str | None]:
+        """`request` before shaping: the httpx response (as `App.request` returns it) and a note for the model."""
         parsed = validate_args(self.request_args_model, args)
         ctx = self._context(call)
         refuse_credential_headers(parsed.headers)
@@ -85,7 +90,7 @@ class RequestTool(ToolsBase):
             response = await self._send(parsed, provider, chosen, None, token)
         if account and grant_id is None and self.remember_account:
             memory.chosen[key] = account
-        return self._shape(response, note)
+        return response, note
 
     def _pinned_provider(self, url: str) -> str:
         """In a headless session, the one pinned provider whose hosts include the URL's."""

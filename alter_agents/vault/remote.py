@@ -248,7 +248,7 @@ def _error_from_wire(status: int, data: dict[str, Any]) -> AlterError:
     ours: dict[str, Any] = data["alter_error"] if isinstance(data.get("alter_error"), dict) else {}
     if code == "ambiguous_grant":
         accounts = [AccountRef(account=str(c.get("account_identifier") or c.get("grant_id")), label=c.get("label"),
-                               display_name=c.get("account_display_name"))
+                               display_name=c.get("account_display_name"), grant_id=c.get("grant_id"))
                     for c in data.get("candidates") or [] if isinstance(c, dict)]
         if not accounts:
             accounts = [AccountRef(account=str(a)) for a in data.get("account_identifiers") or []]
