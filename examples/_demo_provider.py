@@ -18,13 +18,28 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import importlib.util
 import secrets
 import socket
+import sys
 import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
+
+INSTALL = "pip install -e '.[examples]'"
+
+
+def require(*modules: str) -> None:
+    """Exit with the install line, not a traceback, when a package the examples need is missing."""
+    missing = [m for m in ("python_multipart", *modules) if importlib.util.find_spec(m) is None]
+    if missing:
+        sys.exit(f"This example needs packages that are not installed ({', '.join(missing)}). "
+                 f"From the repository root: {INSTALL}")
+
+
+require()
 
 import httpx
 import uvicorn
@@ -35,12 +50,14 @@ from starlette.routing import Route
 
 CONSENT = """<!doctype html><meta charset="utf-8"><title>Demo sign-in</title>
 <body style="font-family:sans-serif;margin:3em"><h1>Sign in to Demo</h1>
-<p>An app asks to read your demo inbox (scopes: {scope}).</p>
+<p>An app asks to read your demo inbox (scopes: {scope}).</p>{problem}
 <form method="post" action="{action}">
-<label>Account <input name="account" value="alice@demo.test"></label>
+<label>Account (any name) <input name="account" value="{account}"></label>
 <button name="decision" value="approve">Approve</button>
 <button name="decision" value="deny">Deny</button>
 </form></body>"""
+PREFILLED = "alice@demo.test"
+NEED_ACCOUNT = '<p style="color:#b00">Type the account to sign in as.</p>'
 
 
 ISSUES = [("Login page times out on slow networks", "open"), ("Billing email has the wrong logo", "open"),
@@ -135,13 +152,17 @@ account = {{ url = "{self.url}/api/me", field = "login", display_field = "name" 
             return JSONResponse({"error": "invalid_client"}, status_code=400)
         if q.get("response_type") != "code" or q.get("code_challenge_method") != "S256":
             return JSONResponse({"error": "invalid_request", "error_description": "PKCE S256 required"}, 400)
+        action = html.escape(str(request.url.include_query_params()), quote=True)
+        page = {"scope": html.escape(q.get("scope", "")), "action": action, "problem": "",
+                "account": PREFILLED}
         if request.method == "GET":
-            action = html.escape(str(request.url.include_query_params()), quote=True)
-            return HTMLResponse(CONSENT.format(scope=html.escape(q.get("scope", "")), action=action))
+            return HTMLResponse(CONSENT.format(**page))
         form = await request.form()
         account = str(form.get("account", "")).strip()
         back = {"state": q.get("state", "")}
-        if form.get("decision") != "approve" or not account:
+        if form.get("decision") == "approve" and not account:
+            return HTMLResponse(CONSENT.format(**{**page, "account": "", "problem": NEED_ACCOUNT}), 400)
+        if form.get("decision") != "approve":
             back["error"] = "access_denied"
         else:
             code = secrets.token_urlsafe(24)

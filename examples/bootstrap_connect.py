@@ -1,5 +1,6 @@
 """Headless bootstrap: link an account once, then call the API by the grant id that comes back.
 
+    pip install -e '.[examples]'                   # once, from the repository root
     python examples/bootstrap_connect.py          # open the printed URL and approve in your browser
     python examples/bootstrap_connect.py --auto   # a scripted "browser" approves for you
 
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _demo_provider import DemoProvider, approve
 
-from alter_agents import App, GrantSession, Settings
+from alter_agents import AlterError, App, GrantSession, Settings
 from alter_agents.models import ConnectStart
 from alter_agents.tools import AlterTools, RequestResult
 
@@ -39,7 +40,9 @@ async def bootstrap(demo: DemoProvider, settings: Settings, auto: bool) -> None:
         print(f"connected {grant.provider} account {grant.account}: grant_id={grant.grant_id}")
 
         response = await app.request("GET", f"{demo.url}/api/inbox", grant_id=grant.grant_id)
-        print(f"App.request by grant id -> {response.status} {response.json_body()['account']}")
+        response.raise_for_status()
+        print(f"App.request by grant id -> {response.status_code} {response.json()['account']} "
+              f"(grant {response.grant.grant_id}, account {response.grant.account})")
 
         pinned = AlterTools(app, GrantSession(grant.grant_id))
         print("pinned request tool arguments:", sorted(pinned.request_args_model.model_json_schema()["properties"]))
@@ -56,7 +59,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, DemoProvider() as demo:
         settings = Settings.from_env(demo.configure(Path(tmp)))
-        asyncio.run(bootstrap(demo, settings, args.auto))
+        try:
+            asyncio.run(bootstrap(demo, settings, args.auto))
+        except AlterError as exc:  # e.g. the sign-in was denied or timed out
+            raise SystemExit(f"error: {exc.message}") from None
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Two provider-specific tools written once with `@grant_tool`, served to LangChain and over MCP.
 
+    pip install -e '.[examples]'              # once, from the repository root
     python examples/custom_tools.py          # approve each sign-in yourself in the browser
     python examples/custom_tools.py --auto   # a scripted "browser" approves for you
 
@@ -25,11 +26,14 @@ from typing import Annotated, Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _demo_provider import DemoProvider, approve
+from _demo_provider import DemoProvider, approve, require
+
+require("langchain_core", "mcp")
+
 from pydantic import BaseModel, Field
 
-from alter_agents import App, GrantContext, InvalidArgumentsError, LocalSession, Settings, grant_tool
-from alter_agents.models import ConnectStart
+from alter_agents import AlterError, App, GrantContext, InvalidArgumentsError, LocalSession, Settings, grant_tool
+from alter_agents.models import ConnectResult, ConnectStart
 
 
 def api() -> str:
@@ -64,10 +68,10 @@ async def list_my_issues(
 ) -> MyIssues:
     """List the issues assigned to me in a repository."""
     response = await ctx.request("GET", f"{api()}/repos/{repo}/issues", query={"state": state})
-    if response.status != 200:
-        raise InvalidArgumentsError(f"The API answered {response.status} for {repo}: {response.body}")
+    if response.status_code != 200:
+        raise InvalidArgumentsError(f"The API answered {response.status_code} for {repo}: {response.text}")
     return MyIssues(account=response.grant.account, repo=repo,
-                    issues=[Issue.model_validate(item) for item in response.body])
+                    issues=[Issue.model_validate(item) for item in response.json()])
 
 
 @grant_tool(provider="demo")
@@ -78,9 +82,9 @@ async def post_message(
 ) -> Posted:
     """Post a message to a chat channel as me."""
     response = await ctx.request("POST", f"{api()}/channels/{channel}/messages", json={"text": text})
-    if response.status != 201:
-        raise InvalidArgumentsError(f"The API refused the message ({response.status}): {response.body}")
-    return Posted.model_validate(response.body)
+    if response.status_code != 201:
+        raise InvalidArgumentsError(f"The API refused the message ({response.status_code}): {response.text}")
+    return Posted.model_validate(response.json())
 
 
 TOOLS = [list_my_issues, post_message]
@@ -91,16 +95,22 @@ def tool_call(name: str, n: int, **args: Any) -> dict[str, Any]:
     return {"type": "tool_call", "id": f"call_{n}", "name": name, "args": args}
 
 
-async def with_langchain(app: App) -> None:
+async def with_langchain(app: App, work: str) -> None:
     from alter_agents.langchain import AlterToolkit
 
     tools = {t.name: t for t in AlterToolkit(app, LocalSession(), extra_tools=TOOLS).get_tools()}
     print("LangChain tools:", sorted(tools))
     print("list_my_issues arguments:", sorted(tools["list_my_issues"].args))
     first = await tools["list_my_issues"].ainvoke(tool_call("list_my_issues", 1, repo="acme/web"))
-    error = json.loads(str(first.content))["error"]
-    print(f"  list_my_issues -> [{first.status}] {error['code']}: {error['message']}")
-    work = next(a["account"] for a in error["accounts"] if a.get("label") == "work")
+    if first.status == "error":
+        error = json.loads(str(first.content))["error"]
+        print(f"  list_my_issues -> [{first.status}] {error['code']}: {error['message']}")
+        choice = next((a for a in error.get("accounts", []) if a.get("label") == "work"), None)
+        if choice is None:
+            raise SystemExit(f"list_my_issues failed: {error['message']}")
+        work = choice["account"]
+    else:  # the same account was approved twice: one account, nothing to choose
+        print(f"  list_my_issues -> [{first.status}] {str(first.content)[:200]}")
     issues = await tools["list_my_issues"].ainvoke(tool_call("list_my_issues", 2, repo="acme/web", account=work))
     print(f"  list_my_issues(account={work}) -> [{issues.status}] {str(issues.content)[:200]}")
     posted = await tools["post_message"].ainvoke(
@@ -110,7 +120,7 @@ async def with_langchain(app: App) -> None:
         raise SystemExit("the LangChain tools did not succeed")
 
 
-async def with_mcp(app: App) -> None:
+async def with_mcp(app: App, personal: str) -> None:
     from mcp import Client
 
     from mcp_server import build_server
@@ -118,11 +128,10 @@ async def with_mcp(app: App) -> None:
     async with Client(build_server(app, LocalSession(), extra_tools=TOOLS)) as client:
         listed = {t.name: t for t in (await client.list_tools()).tools}
         print("MCP tools:", sorted(listed))
-        result = await client.call_tool("list_my_issues", {"repo": "acme/web", "state": "all",
-                                                           "account": "alice@demo.test"})
+        result = await client.call_tool("list_my_issues", {"repo": "acme/web", "state": "all", "account": personal})
         print(f"  list_my_issues -> isError={result.is_error} {json.dumps(result.structured_content)[:200]}")
         refused = await client.call_tool("post_message", {"channel": "Not A Channel", "text": "hi",
-                                                          "account": "alice@demo.test"})
+                                                          "account": personal})
         print(f"  post_message(bad channel) -> isError={refused.is_error} "
               f"{(refused.structured_content or {}).get('error', {}).get('code')}")
     if result.is_error or not refused.is_error:
@@ -138,12 +147,15 @@ async def main_async(demo: DemoProvider, settings: Settings, auto: bool) -> None
             await approve(start.connect_url, next(accounts))
 
     async with App(settings=settings) as app:
+        connected: list[ConnectResult] = []
         for label in (None, "work"):
             [grant] = await app.connect(["demo"], open_browser=False, on_url=show, label=label,
                                         timeout=30 if auto else 300)
             print(f"connected demo account {grant.account} (label {grant.label})")
-        await with_langchain(app)
-        await with_mcp(app)
+            connected.append(grant)
+        personal, work = connected[0].account, connected[1].account
+        await with_langchain(app, work)
+        await with_mcp(app, personal)
     print(f"OK messages posted: {len(demo.messages)}")
 
 
@@ -153,7 +165,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, DemoProvider() as demo:
         os.environ["DEMO_API_URL"] = f"{demo.url}/api"
-        asyncio.run(main_async(demo, Settings.from_env(demo.configure(Path(tmp))), args.auto))
+        try:
+            asyncio.run(main_async(demo, Settings.from_env(demo.configure(Path(tmp))), args.auto))
+        except AlterError as exc:  # e.g. the sign-in was denied or timed out
+            raise SystemExit(f"error: {exc.message}") from None
 
 
 if __name__ == "__main__":
