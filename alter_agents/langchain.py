@@ -13,11 +13,12 @@ arguments, so a model cannot choose whose grants it acts with. Needs `pip instal
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from langchain_core.messages import ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, BaseToolkit, StructuredTool, ToolException
+from langchain_core.tools.base import ArgsSchema
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 from pydantic_core import to_json
 
@@ -57,7 +58,25 @@ class _ToolFailed(ToolException):
 
 
 class _AlterTool(StructuredTool):
-    """A StructuredTool whose error `ToolMessage`s also carry the error payload as artifact."""
+    """A StructuredTool whose error `ToolMessage`s also carry the error payload as artifact.
+
+    Async only: the App's vault and pooled HTTP client belong to the event loop that uses them, so a
+    sync `invoke` is refused with a message that says what to call instead.
+    """
+
+    @property
+    def tool_call_schema(self) -> ArgsSchema:
+        """What the model sees: the schema by alias (`json`), which LangChain's field-name copy would lose."""
+        schema = self.args_schema
+        if isinstance(schema, type) and issubclass(schema, BaseModel):
+            return {**schema.model_json_schema(by_alias=True), "description": self.description}
+        return super().tool_call_schema
+
+    def _run(self, *args: Any, config: RunnableConfig, run_manager: Any = None, **kwargs: Any) -> NoReturn:
+        raise NotImplementedError(
+            f"The {self.name!r} tool is async: call `await tool.ainvoke(...)` (or run your agent with "
+            "`ainvoke`/`astream`). It shares the App's event loop, so it has no sync `invoke`."
+        )
 
     async def arun(self, tool_input: Any, *args: Any, **kwargs: Any) -> Any:
         output = await super().arun(tool_input, *args, **kwargs)
@@ -154,11 +173,11 @@ class AlterToolkit(BaseToolkit):
 
 
 def _make_tool(coroutine: Any, name: str, description: str, schema: type[BaseModel]) -> BaseTool:
-    # The JSON schema (with the `json` alias) is what the model sees; `AlterTools` validates the
-    # arguments itself, so a rejection carries the same payload as every other tool error.
+    # The pydantic model is the schema: LangChain validates with it (the model sees its JSON schema,
+    # `json` alias included) and a rejection becomes the same error payload as every other tool error.
     return _AlterTool.from_function(
         coroutine=coroutine, name=name, description=description,
-        args_schema=schema.model_json_schema(by_alias=True),
+        args_schema=schema,
         response_format="content_and_artifact", handle_tool_error=_tool_error_content,
         handle_validation_error=_validation_error_content,
     )
