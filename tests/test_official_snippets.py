@@ -8,10 +8,15 @@ would find no grants.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shlex
+import subprocess
+import sys
 import threading
 import webbrowser
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -169,3 +174,28 @@ async def test_the_response_is_an_httpx_response_with_no_credential_reachable(of
     with pytest.raises(httpx.HTTPStatusError) as failed:
         missing.raise_for_status()
     assert failed.value.response.status_code == 404 and STRIPE_SECRET not in str(failed.value)
+
+
+def _readme_script() -> str:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text("utf-8")
+    section = readme[readme.index("## Use it from a script"):]
+    return section[section.index("```python\n") + 10:section.index("\n```", section.index("```python"))]
+
+
+async def test_the_readme_script_runs_as_pasted(sqlite_deployment: Deployment) -> None:
+    """The README's script, its two URLs pointed at the local API: run in a fresh process, where the
+    user's browser (BROWSER) approves the GitHub sign-in."""
+    d = sqlite_deployment.local()
+    script = _readme_script()
+    assert "await" not in "".join(line for line in script.splitlines() if not line.startswith((" ", "\t")))
+    script = script.replace("https://api.github.com/user", f"{d.upstream.url}/user").replace(
+        "https://gmail.googleapis.com/gmail/v1/users/me/profile", d.upstream.echo_url("profile"))
+    clicker = "import sys; from tests.fixtures.browser import approve; approve(sys.argv[1], 'octocat')"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ALTER_")}, **d.env,
+           "BROWSER": f"{shlex.quote(sys.executable)} -c {shlex.quote(clicker)} %s"}
+    root = Path(__file__).resolve().parents[1]
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", script], cwd=root, env=env,
+                                   capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == ["200 octocat as octocat",
+                                        "No Google account yet: run `alter-agents connect google`."]
