@@ -4,22 +4,56 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import platformdirs
+from pydantic import SecretStr
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from alter_agents.errors import ConfigurationError
+
+_SQLITE = "sqlite+aiosqlite"
+_POSTGRES = "postgresql+asyncpg"
+_ASYNC_DRIVERS = {"sqlite": _SQLITE, "postgresql": _POSTGRES}
 
 
 def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("alter-agents", appauthor=False))
 
 
-@dataclass(frozen=True, slots=True)
+def check_vault_url(url: str) -> URL:
+    """Parse `ALTER_VAULT_URL`, naming the accepted form when it is not one (a typo should not be a traceback)."""
+    example = f"{_SQLITE}:////path/to/vault.db or {_POSTGRES}://user@host/dbname"
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigurationError(f"ALTER_VAULT_URL is not a database URL; use {example}.") from None
+    backend = parsed.get_backend_name()
+    if backend == "postgres":
+        backend = "postgresql"
+    wanted = _ASYNC_DRIVERS.get(backend)
+    if wanted is None:
+        raise ConfigurationError(f"ALTER_VAULT_URL names an unsupported database {backend!r}; use {example}.")
+    if parsed.drivername != wanted:
+        fixed = parsed.set(drivername=wanted).render_as_string(hide_password=True)
+        raise ConfigurationError(
+            f"ALTER_VAULT_URL must name the async driver: use {fixed} (not {parsed.drivername}://)."
+        )
+    return parsed
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class Settings:
-    """Everything the embedded vault needs; `Settings.from_env()` reads the documented variables."""
+    """Everything the embedded vault needs; `Settings.from_env()` reads the documented variables.
+
+    The vault key is a `SecretStr` and the repr hides the database password, so a log line or a traceback
+    that prints the settings carries neither.
+    """
 
     vault_url: str
-    vault_key: str | None = None
+    vault_key: SecretStr | None = None
     key_file: Path | None = None
     idp_issuer: str | None = None
     idp_audience: str | None = None
@@ -28,18 +62,33 @@ class Settings:
     providers_file: str | None = None
     public_url: str | None = None
 
+    def __post_init__(self) -> None:
+        check_vault_url(self.vault_url)
+        if isinstance(self.vault_key, str):  # type: ignore[unreachable]
+            object.__setattr__(self, "vault_key", SecretStr(self.vault_key))  # type: ignore[unreachable]
+
+    def __repr__(self) -> str:
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["vault_url"] = make_url(self.vault_url).render_as_string(hide_password=True)
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
     @property
     def identity_provider_configured(self) -> bool:
         return bool(self.idp_issuer)
+
+    def vault_key_value(self) -> str | None:
+        """The key itself, for the one place that builds the cipher."""
+        return self.vault_key.get_secret_value() if self.vault_key else None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         data_dir = Path(env.get("ALTER_DATA_DIR") or default_data_dir())
-        vault_url = env.get("ALTER_VAULT_URL") or f"sqlite+aiosqlite:///{data_dir / 'vault.db'}"
+        vault_url = env.get("ALTER_VAULT_URL") or f"{_SQLITE}:///{data_dir / 'vault.db'}"
+        key = env.get("ALTER_VAULT_KEY") or None
         return cls(
             vault_url=vault_url,
-            vault_key=env.get("ALTER_VAULT_KEY") or None,
+            vault_key=SecretStr(key) if key else None,
             key_file=Path(env["ALTER_VAULT_KEY_FILE"]) if env.get("ALTER_VAULT_KEY_FILE") else None,
             idp_issuer=env.get("ALTER_IDP_ISSUER") or None,
             idp_audience=env.get("ALTER_IDP_AUDIENCE") or None,

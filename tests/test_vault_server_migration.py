@@ -26,7 +26,7 @@ async def _write_v1_store(d: Deployment, secret: str) -> str:
     v1 = MetaData()
     for name in V1_TABLES:
         schema.metadata.tables[name].to_metadata(v1)
-    cipher = Cipher(load_or_create_key(d.settings.vault_key, d.settings.resolved_key_file()))
+    cipher = Cipher(load_or_create_key(d.settings.vault_key_value(), d.settings.resolved_key_file()))
     grant_id, now = str(uuid.uuid4()), time.time()
     engine = create_async_engine(d.settings.vault_url)
     try:

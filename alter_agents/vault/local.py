@@ -79,7 +79,7 @@ class LocalVault:
                 return
             await self.store.migrate()
             key = await anyio.to_thread.run_sync(
-                load_or_create_key, self.settings.vault_key, self.settings.resolved_key_file()
+                load_or_create_key, self.settings.vault_key_value(), self.settings.resolved_key_file()
             )
             cipher = Cipher(key)
             check = await self.store.set_meta_once("key_check", cipher.encrypt(_KEY_CHECK, "key_check"))
