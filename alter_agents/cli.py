@@ -3,45 +3,57 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import getpass
 import json
+import logging
+import os
 import sys
+import webbrowser
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
+import anyio
 import click
 
 from alter_agents.app import App
-from alter_agents.errors import AlterError
-from alter_agents.models import Principal
+from alter_agents.cli_errors import BoundaryGroup, CliFailure
+from alter_agents.errors import ConnectTimeoutError
+from alter_agents.models import ConnectStart, Principal
+from alter_agents.settings import Settings
 from alter_agents.vault.local import LocalVault
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
+MIN_PREFIX = 8  # characters of an id a prefix must give before it may stand for the whole id
+
 
 def _run(func: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
-    """Run an async command; print a one-line reason and exit non-zero on our errors."""
+    """Run an async command; failures (and Ctrl-C) are reported by the group's error boundary."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
-        try:
-            asyncio.run(func(*args, **kwargs))
-        except AlterError as exc:
-            click.echo(f"error: {exc.message}", err=True)
-            sys.exit(1)
-        except ValueError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+        asyncio.run(func(*args, **kwargs))
 
     return wrapper
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value) or "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     if not rows:
         return "(none)"
-    cells = [[str(row.get(c) if row.get(c) is not None else "-") for c in columns] for row in rows]
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
@@ -52,20 +64,38 @@ def _emit(rows: list[dict[str, Any]], columns: Sequence[str], as_json: bool) -> 
     click.echo(json.dumps(rows, indent=2, default=str) if as_json else _table(rows, columns))
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def _configure_logging(verbose: int) -> None:
+    """Library loggers (httpx's per-request INFO lines among them) stay quiet unless asked for with -v."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s", force=True)
 
 
-@click.group()
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output (errors too).")
+
+
+@click.group(cls=BoundaryGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="alter-agents")
-def main() -> None:
-    """Give AI agents the right user's API credentials without showing them a token."""
+@click.option("-v", "--verbose", count=True, help="Log INFO (-v) or DEBUG (-vv) lines to stderr.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int) -> None:
+    """Give AI agents the right user's API credentials without showing them a token.
+
+    Shell completion: eval "$(_ALTER_AGENTS_COMPLETE=bash_source alter-agents)" (zsh_source, fish_source).
+    """
+    if ctx.invoked_subcommand != "mcp":  # the MCP server sets up its own logging
+        _configure_logging(verbose)
+
+
+def _vault() -> LocalVault:
+    return LocalVault()
 
 
 @main.command()
 @click.argument("provider")
 @click.option("--label", help="A name for this account, e.g. work or personal.")
 @click.option("--no-browser", is_flag=True, help="Print the URL instead of opening a browser.")
-@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for the browser.")
+@click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds to wait for the browser.")
 @json_option
 @_run
 async def connect(provider: str, label: str | None, no_browser: bool, timeout: float, as_json: bool) -> None:
@@ -75,15 +105,55 @@ async def connect(provider: str, label: str | None, no_browser: bool, timeout: f
         if int(elapsed * 4) % 40 == 0 and elapsed > 1:
             click.echo(f"  still waiting for the browser ({elapsed:.0f}s)...", err=True)
 
-    async with App() as app:
-        results = await app.connect([provider], open_browser=not no_browser, timeout=timeout, label=label,
-                                    on_progress=progress)
-    rows = [r.model_dump() for r in results]
+    async def show(start: ConnectStart) -> None:
+        if no_browser or not await anyio.to_thread.run_sync(webbrowser.open, start.connect_url):
+            click.echo(f"Open this URL to connect {start.provider}:\n  {start.connect_url}", err=True)
+        else:
+            click.echo(f"Opened your browser to connect {start.provider}; waiting (Ctrl-C to stop).", err=True)
+
+    try:
+        async with App() as app:
+            results = await app.connect([provider], timeout=timeout, label=label, on_url=show,
+                                        on_progress=progress)
+    except ConnectTimeoutError:
+        # This process's loopback listener is gone with it: the user has to start over, not "call again".
+        raise CliFailure(f"The sign-in did not finish within {timeout:g}s; run 'alter-agents connect "
+                         f"{provider}' again to start over.", code="connect_timeout") from None
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps([r.model_dump(mode="json") for r in results], indent=2))
     else:
         for r in results:
             click.echo(f"Connected {r.provider} account {r.account} (grant {r.grant_id}).")
+
+
+@main.command()
+@json_option
+def where(as_json: bool) -> None:
+    """Where the vault, its key and the configuration live (nothing is opened or created)."""
+    from sqlalchemy.engine import make_url
+
+    from alter_agents.settings import default_data_dir
+
+    settings = Settings.from_env()
+    key_file = settings.resolved_key_file()
+    url = make_url(settings.vault_url)
+    info: dict[str, Any] = {
+        "data_dir": os.environ.get("ALTER_DATA_DIR") or str(default_data_dir()),
+        "vault_url": url.render_as_string(hide_password=True),
+        "vault_file": url.database if url.get_backend_name() == "sqlite" else None,
+        "key_source": "ALTER_VAULT_KEY" if settings.vault_key else "key_file",
+        "key_file": None if settings.vault_key else str(key_file),
+        "key_file_exists": None if settings.vault_key else key_file.exists(),
+        "providers_file": settings.providers_file,
+        "identity_provider": settings.idp_issuer,
+        "public_url": settings.public_url,
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    width = max(len(k) for k in info)
+    for name, value in info.items():
+        click.echo(f"{name.ljust(width)}  {_cell(value)}")
 
 
 @main.group()
@@ -97,7 +167,7 @@ def grants() -> None:
 @_run
 async def grants_list(provider: str | None, as_json: bool) -> None:
     """Every grant in the vault (never the secrets)."""
-    vault = LocalVault()
+    vault = _vault()
     try:
         found = await vault.list_grants(provider=provider, everyone=True)
     finally:
@@ -106,14 +176,36 @@ async def grants_list(provider: str | None, as_json: bool) -> None:
     _emit(rows, ["grant_id", "provider", "account", "label", "owner", "status", "scopes"], as_json)
 
 
+def _one_by_prefix(ids: Sequence[str], given: str, what: str) -> str:
+    """The one id that `given` names: the whole id, or a unique prefix of at least MIN_PREFIX characters."""
+    given = given.strip().lower()
+    if given in ids:
+        return given
+    matches = [i for i in ids if given and i.startswith(given)]
+    if not matches:
+        raise CliFailure(f"{what[:1].upper()}{what[1:]} {given!r} was not found.", code="not_found")
+    if len(given) < MIN_PREFIX:
+        raise CliFailure(f"{given!r} is too short to name a {what}: give at least {MIN_PREFIX} characters "
+                         "of its id.")
+    if len(matches) > 1:
+        raise CliFailure(f"{given!r} matches {len(matches)} {what}s ({', '.join(matches)}); give more of the id.")
+    return matches[0]
+
+
 @grants.command("revoke")
 @click.argument("grant_id")
 @_run
 async def grants_revoke(grant_id: str) -> None:
-    """Revoke GRANT_ID and wipe its stored credential."""
-    vault = LocalVault()
+    """Revoke GRANT_ID (or a unique prefix of it, 8 characters or more) and wipe its stored credential."""
+    vault = _vault()
     try:
-        grant = await vault.revoke(grant_id)
+        await vault.open()
+        every = {s.grant.grant_id: s.grant for s in await vault.store.list_grants()}
+        chosen = every[_one_by_prefix(list(every), grant_id, "grant")]
+        if chosen.status == "revoked":
+            raise CliFailure(f"Grant {chosen.grant_id} ({chosen.provider} account {chosen.account}) is already "
+                             "revoked.", code="already_revoked")
+        grant = await vault.revoke(chosen.grant_id)
     finally:
         await vault.aclose()
     click.echo(f"Revoked {grant.provider} account {grant.account} ({grant.grant_id}).")
@@ -134,16 +226,39 @@ def secrets() -> None:
 async def secrets_add(provider: str, owner: str, account: str, label: str | None, as_json: bool) -> None:
     """Add a secret for PROVIDER. The value is read from stdin or a hidden prompt, never from argv."""
     principal = Principal.parse(owner)
-    value = (getpass.getpass(f"{provider} secret: ") if sys.stdin.isatty() else sys.stdin.read()).strip()
-    vault = LocalVault()
+    vault = _vault()
     try:
-        grant = await vault.add_secret(provider, value, owner=principal, account=account, label=label)
+        spec = vault.providers.get(provider)
+        if spec.kind != "secret":
+            raise CliFailure(f"{spec.name} is an OAuth provider: link an account with 'alter-agents connect "
+                             f"{spec.name}' instead of storing a secret.")
+        value = (getpass.getpass(f"{provider} secret: ") if sys.stdin.isatty() else sys.stdin.read()).strip()
+        before = await vault.list_grants(provider=spec.name, everyone=True)
+        replaced = [g for g in before if g.owner == str(principal) and g.account == account]
+        grant = await vault.add_secret(spec.name, value, owner=principal, account=account, label=label)
     finally:
         await vault.aclose()
     if as_json:
-        click.echo(grant.model_dump_json(indent=2))
+        click.echo(json.dumps({**grant.model_dump(mode="json"), "replaced": bool(replaced)}, indent=2))
+    elif replaced:
+        click.echo(f"Replaced the {spec.name} secret for {account} (grant {grant.grant_id}).")
     else:
-        click.echo(f"Stored {provider} secret for {account} (grant {grant.grant_id}).")
+        click.echo(f"Stored {spec.name} secret for {account} (grant {grant.grant_id}).")
+
+
+@secrets.command("list")
+@click.option("--provider", help="Only this provider.")
+@json_option
+@_run
+async def secrets_list(provider: str | None, as_json: bool) -> None:
+    """The stored secrets' grants (never the secrets)."""
+    vault = _vault()
+    try:
+        found = [g for g in await vault.list_grants(provider=provider, everyone=True) if g.kind == "secret"]
+    finally:
+        await vault.aclose()
+    rows = [g.model_dump(mode="json") for g in found]
+    _emit(rows, ["grant_id", "provider", "account", "label", "owner", "status", "updated_at"], as_json)
 
 
 @main.command()
@@ -151,26 +266,28 @@ async def secrets_add(provider: str, owner: str, account: str, label: str | None
 @_run
 async def providers(as_json: bool) -> None:
     """The providers this vault knows."""
-    vault = LocalVault()
+    vault = _vault()
     try:
         rows = [
-            {"provider": s.name, "kind": s.kind, "hosts": ", ".join(s.hosts),
-             "configured": "yes" if s.kind == "secret" or s.client_id else "no client id"}
+            {"provider": s.name, "kind": s.kind, "hosts": list(s.hosts),
+             "configured": s.kind == "secret" or bool(s.client_id)}
             for s in vault.providers
         ]
     finally:
         await vault.aclose()
+    if not as_json:
+        rows = [{**r, "configured": "yes" if r["configured"] else "no client id"} for r in rows]
     _emit(rows, ["provider", "kind", "hosts", "configured"], as_json)
 
 
 @main.command()
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--grant", "grant_id", help="Only this grant.")
 @json_option
 @_run
 async def audit(limit: int, grant_id: str | None, as_json: bool) -> None:
     """Recent credential releases and outgoing calls."""
-    vault = LocalVault()
+    vault = _vault()
     try:
         entries = await vault.audit(limit, grant_id)
     finally:
@@ -182,8 +299,8 @@ async def audit(limit: int, grant_id: str | None, as_json: bool) -> None:
          "detail": e.detail}
         for e in entries
     ]
-    _emit(rows, ["at", "action", "principal", "provider", "method", "host", "path", "status", "latency_ms"],
-          as_json)
+    _emit(rows, ["at", "action", "principal", "provider", "grant_id", "method", "host", "path", "status",
+                 "latency_ms"], as_json)
 
 
 @main.group()
@@ -193,12 +310,19 @@ def vault() -> None:
 
 @vault.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=8780, show_default=True, help="Port to listen on (0 picks a free one).")
+@click.option("--port", default=8780, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0 picks a free one).")
 def vault_serve(host: str, port: int) -> None:
-    """Serve the vault to alter-sdk clients and to App(base_url=..., api_key=...)."""
+    """Serve the vault to alter-sdk clients and to App(base_url=..., api_key=...). Ctrl-C stops it."""
     from alter_agents.server.app import serve
 
-    serve(host, port)
+    try:
+        serve(host, port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise CliFailure(f"Port {port} on {host} is already in use (another server is listening there); stop "
+                             "it or choose another --port (0 picks a free one).", code="address_in_use") from None
+        raise
 
 
 @main.group()
@@ -209,7 +333,7 @@ def keys() -> None:
 async def _with_keys(action: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
     from alter_agents.server.keys import ApiKeys
 
-    local = LocalVault()
+    local = _vault()
     try:
         await local.open()
         return await action(ApiKeys(local.store))
@@ -251,8 +375,16 @@ async def keys_list(as_json: bool) -> None:
 @click.argument("key_id")
 @_run
 async def keys_revoke(key_id: str) -> None:
-    """Revoke KEY_ID (or a unique prefix of it); requests signed with it are refused at once."""
-    info = await _with_keys(lambda api: api.revoke(key_id))
+    """Revoke KEY_ID (or a unique prefix of it, 8 characters or more); its requests are refused at once."""
+
+    async def revoke(api: Any) -> Any:
+        every = {k.key_id: k for k in await api.list()}
+        chosen = every[_one_by_prefix(list(every), key_id, "API key")]
+        if not chosen.active:
+            raise CliFailure(f"API key {chosen.key_id} ({chosen.hint}) is already revoked.", code="already_revoked")
+        return await api.revoke(chosen.key_id)
+
+    info = await _with_keys(revoke)
     click.echo(f"Revoked API key {info.key_id} ({info.hint}).")
 
 

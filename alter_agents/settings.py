@@ -29,6 +29,8 @@ def check_vault_url(url: str) -> URL:
     try:
         parsed = make_url(url)
     except ArgumentError:
+        if "://" not in url:  # a plain file path: say the URL that names it
+            example = f"{_SQLITE}:///{Path(url).expanduser().absolute()}"
         raise ConfigurationError(f"ALTER_VAULT_URL is not a database URL; use {example}.") from None
     backend = parsed.get_backend_name()
     if backend == "postgres":

@@ -47,8 +47,8 @@ def test_providers_lists_the_catalogue(sqlite_deployment: Deployment) -> None:
     assert table.stdout.splitlines()[0].split() == ["PROVIDER", "KIND", "HOSTS", "CONFIGURED"]
     rows = {r["provider"]: r for r in json.loads(_invoke(d, "providers", "--json").stdout)}
     assert {"github", "google", "microsoft", "slack", "notion", "linear", "stripe", "openai"} <= set(rows)
-    assert rows["github"]["configured"] == "yes" and rows["stripe"]["kind"] == "secret"
-    assert rows["notion"]["configured"] == "no client id"
+    assert rows["github"]["configured"] is True and rows["stripe"]["kind"] == "secret"
+    assert rows["notion"]["configured"] is False
 
 
 def test_a_secret_is_read_from_stdin_and_never_echoed(sqlite_deployment: Deployment) -> None:

@@ -193,7 +193,7 @@ async def wait_for_connect(
             f"The user did not finish signing in within {timeout:.0f}s; call connect again later "
             "to see whether they finished.",
         )
-    raise ConnectError(f"Connect failed: {status.error or status.status}.")
+    raise ConnectError(f"Connect failed: {(status.error or status.status).rstrip('.')}.")
 
 
 def _dt(ts: float) -> datetime:
