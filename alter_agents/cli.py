@@ -8,7 +8,6 @@ import functools
 import getpass
 import json
 import logging
-import os
 import sys
 import webbrowser
 from collections.abc import Callable, Coroutine, Sequence
@@ -130,24 +129,7 @@ async def connect(provider: str, label: str | None, no_browser: bool, timeout: f
 @json_option
 def where(as_json: bool) -> None:
     """Where the vault, its key and the configuration live (nothing is opened or created)."""
-    from sqlalchemy.engine import make_url
-
-    from alter_agents.settings import default_data_dir
-
-    settings = Settings.from_env()
-    key_file = settings.resolved_key_file()
-    url = make_url(settings.vault_url)
-    info: dict[str, Any] = {
-        "data_dir": os.environ.get("ALTER_DATA_DIR") or str(default_data_dir()),
-        "vault_url": url.render_as_string(hide_password=True),
-        "vault_file": url.database if url.get_backend_name() == "sqlite" else None,
-        "key_source": "ALTER_VAULT_KEY" if settings.vault_key else "key_file",
-        "key_file": None if settings.vault_key else str(key_file),
-        "key_file_exists": None if settings.vault_key else key_file.exists(),
-        "providers_file": settings.providers_file,
-        "identity_provider": settings.idp_issuer,
-        "public_url": settings.public_url,
-    }
+    info = Settings.from_env().locations()
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return

@@ -34,6 +34,11 @@ class CliFailure(Exception):
         self.exit_code = exit_code
 
 
+def _joined(text: str) -> str:
+    """A message on one line, whatever wrote it."""
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else ""
 
@@ -53,7 +58,9 @@ def _os_error(exc: OSError) -> str:
 def describe(exc: BaseException) -> tuple[str, str, int, dict[str, Any] | None]:
     """(code, message, exit status, tool-error payload when there is one) for any exception."""
     if isinstance(exc, AlterError):
-        return exc.code, exc.message, 1, exc.payload().model_dump(mode="json", exclude_none=True)["error"]
+        payload = exc.payload().model_dump(mode="json", exclude_none=True)["error"]
+        payload["message"] = _joined(exc.message)
+        return exc.code, payload["message"], 1, payload
     if isinstance(exc, CliFailure):
         return exc.code, exc.message, exc.exit_code, None
     if isinstance(exc, click.ClickException):

@@ -63,6 +63,7 @@ class Settings:
     idp_groups_claim: str = "groups"
     providers_file: str | None = None
     public_url: str | None = None
+    data_dir: Path | None = None
 
     def __post_init__(self) -> None:
         check_vault_url(self.vault_url)
@@ -98,6 +99,7 @@ class Settings:
             idp_groups_claim=env.get("ALTER_IDP_GROUPS_CLAIM") or "groups",
             providers_file=env.get("ALTER_PROVIDERS_FILE") or None,
             public_url=(env.get("ALTER_PUBLIC_URL") or "").rstrip("/") or None,
+            data_dir=data_dir,
         )
 
     def resolved_key_file(self) -> Path:
@@ -107,4 +109,20 @@ class Settings:
         prefix = "sqlite+aiosqlite:///"
         if self.vault_url.startswith(prefix) and ":memory:" not in self.vault_url:
             return Path(self.vault_url[len(prefix):]).parent / "vault.key"
-        return default_data_dir() / "vault.key"
+        return (self.data_dir or default_data_dir()) / "vault.key"
+
+    def locations(self) -> dict[str, str | bool | None]:
+        """Where the store, its key and the configuration live (`alter-agents where`); opens nothing."""
+        url = make_url(self.vault_url)
+        key_file = None if self.vault_key else self.resolved_key_file()
+        return {
+            "data_dir": str(self.data_dir or default_data_dir()),
+            "vault_url": url.render_as_string(hide_password=True),
+            "vault_file": url.database if url.get_backend_name() == "sqlite" else None,
+            "key_source": "ALTER_VAULT_KEY" if self.vault_key else "key_file",
+            "key_file": str(key_file) if key_file else None,
+            "key_file_exists": key_file.exists() if key_file else None,
+            "providers_file": self.providers_file,
+            "identity_provider": self.idp_issuer,
+            "public_url": self.public_url,
+        }

@@ -87,6 +87,14 @@ async def test_a_database_that_does_not_exist_is_one_line(tmp_path: Path) -> Non
     assert "does not exist" in str(_json_error(_cli(env, "audit", "--json"))["message"])
 
 
+def test_a_wrong_providers_file_is_one_line_naming_each_problem(tmp_path: Path) -> None:
+    providers = tmp_path / "providers.toml"
+    providers.write_text('[providers.acme]\nhosts = "api.acme.com"\nhost = ["api.acme.com"]\n', "utf-8")
+    line = _one_line_error(_cli(_env(tmp_path, {"ALTER_PROVIDERS_FILE": str(providers)}), "providers"))
+    assert line == ("error: Provider 'acme' is invalid: hosts: Input should be a valid list; host: unknown key "
+                    "(the keys are listed in docs/configuration.md).")
+
+
 def test_settings_never_print_the_vault_key_or_the_database_password() -> None:
     key = generate_key()
     settings = Settings.from_env({"ALTER_VAULT_KEY": key,
@@ -232,6 +240,10 @@ def test_where_shows_the_vault_the_key_and_the_configuration(tmp_path: Path) -> 
     assert re.search(rf"^key_file\s+{re.escape(str(data / 'vault.key'))}$", table, re.M)
     keyed = json.loads(_cli({**env, "ALTER_VAULT_KEY": generate_key()}, "where", "--json").stdout)
     assert (keyed["key_source"], keyed["key_file"]) == ("ALTER_VAULT_KEY", None)
+    shared = json.loads(_cli({**env, "ALTER_VAULT_URL": "postgresql+asyncpg://alice:pw-9f@db.internal/vault"},
+                             "where", "--json").stdout)
+    assert shared["vault_url"] == "postgresql+asyncpg://alice:***@db.internal/vault" and shared["vault_file"] is None
+    assert shared["key_file"] == str(data / "vault.key")  # ALTER_DATA_DIR holds it, not the platform default
 
 
 def test_providers_json_has_real_types(local: dict[str, str]) -> None:

@@ -61,7 +61,7 @@ class Providers:
             try:
                 specs[name] = ProviderSpec(name=name, **entry)
             except ValidationError as exc:
-                raise ConfigurationError(f"Provider {name!r} is invalid: {exc}") from exc
+                raise ConfigurationError(f"Provider {name!r} is invalid: {_problems(exc)}.") from exc
         return cls(specs)
 
     def __iter__(self) -> Iterator[ProviderSpec]:
@@ -94,3 +94,14 @@ class Providers:
             f"Several providers serve {host}; set provider to one of: {', '.join(names)}.",
             candidates=names,
         )
+
+
+def _problems(exc: ValidationError) -> str:
+    """Pydantic's errors on one line, unknown keys pointed at the reference of the known ones."""
+    def one(error: Any) -> str:
+        where = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            return f"{where}: unknown key (the keys are listed in docs/configuration.md)"
+        return f"{where}: {error['msg']}"
+
+    return "; ".join(one(e) for e in exc.errors())
