@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -44,11 +45,13 @@ def _first_line(text: str) -> str:
 
 
 def _os_error(exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror):
+        return f"That host name does not resolve ({exc.strerror}); use an address such as 127.0.0.1."
     if exc.errno == errno.EADDRINUSE:
         return "That address is already in use (another server is listening there); stop it or choose " \
                "another --port (0 picks a free one)."
-    if exc.errno == errno.EACCES:
-        return f"Permission denied: {exc.filename or 'that port or file'} (ports below 1024 need privileges)."
+    if exc.errno == errno.EACCES and not exc.filename:
+        return "Permission denied: ports below 1024 need privileges; choose another --port."
     if exc.errno == errno.EADDRNOTAVAIL:
         return "That --host is not an address of this machine; use 127.0.0.1 (or 0.0.0.0 for every interface)."
     where = f" ({exc.filename})" if exc.filename else ""
