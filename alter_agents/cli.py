@@ -85,10 +85,6 @@ def main(ctx: click.Context, verbose: int) -> None:
         _configure_logging(verbose)
 
 
-def _vault() -> LocalVault:
-    return LocalVault()
-
-
 @main.command()
 @click.argument("provider")
 @click.option("--label", help="A name for this account, e.g. work or personal.")
@@ -149,7 +145,7 @@ def grants() -> None:
 @_run
 async def grants_list(provider: str | None, as_json: bool) -> None:
     """Every grant in the vault (never the secrets)."""
-    vault = _vault()
+    vault = LocalVault()
     try:
         found = await vault.list_grants(provider=provider, everyone=True)
     finally:
@@ -160,10 +156,10 @@ async def grants_list(provider: str | None, as_json: bool) -> None:
 
 def _one_by_prefix(ids: Sequence[str], given: str, what: str) -> str:
     """The one id that `given` names: the whole id, or a unique prefix of at least MIN_PREFIX characters."""
-    given = given.strip().lower()
-    if given in ids:
-        return given
-    matches = [i for i in ids if given and i.startswith(given)]
+    given = given.strip()
+    matches = [i for i in ids if given and i.lower().startswith(given.lower())]
+    if exact := [i for i in matches if i.lower() == given.lower()]:
+        return exact[0]
     if not matches:
         raise CliFailure(f"{what[:1].upper()}{what[1:]} {given!r} was not found.", code="not_found")
     if len(given) < MIN_PREFIX:
@@ -179,7 +175,7 @@ def _one_by_prefix(ids: Sequence[str], given: str, what: str) -> str:
 @_run
 async def grants_revoke(grant_id: str) -> None:
     """Revoke GRANT_ID (or a unique prefix of it, 8 characters or more) and wipe its stored credential."""
-    vault = _vault()
+    vault = LocalVault()
     try:
         await vault.open()
         every = {s.grant.grant_id: s.grant for s in await vault.store.list_grants()}
@@ -208,7 +204,7 @@ def secrets() -> None:
 async def secrets_add(provider: str, owner: str, account: str, label: str | None, as_json: bool) -> None:
     """Add a secret for PROVIDER. The value is read from stdin or a hidden prompt, never from argv."""
     principal = Principal.parse(owner)
-    vault = _vault()
+    vault = LocalVault()
     try:
         spec = vault.providers.get(provider)
         if spec.kind != "secret":
@@ -234,7 +230,7 @@ async def secrets_add(provider: str, owner: str, account: str, label: str | None
 @_run
 async def secrets_list(provider: str | None, as_json: bool) -> None:
     """The stored secrets' grants (never the secrets)."""
-    vault = _vault()
+    vault = LocalVault()
     try:
         found = [g for g in await vault.list_grants(provider=provider, everyone=True) if g.kind == "secret"]
     finally:
@@ -248,7 +244,7 @@ async def secrets_list(provider: str | None, as_json: bool) -> None:
 @_run
 async def providers(as_json: bool) -> None:
     """The providers this vault knows."""
-    vault = _vault()
+    vault = LocalVault()
     try:
         rows = [
             {"provider": s.name, "kind": s.kind, "hosts": list(s.hosts),
@@ -269,7 +265,7 @@ async def providers(as_json: bool) -> None:
 @_run
 async def audit(limit: int, grant_id: str | None, as_json: bool) -> None:
     """Recent credential releases and outgoing calls."""
-    vault = _vault()
+    vault = LocalVault()
     try:
         entries = await vault.audit(limit, grant_id)
     finally:
@@ -315,7 +311,7 @@ def keys() -> None:
 async def _with_keys(action: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
     from alter_agents.server.keys import ApiKeys
 
-    local = _vault()
+    local = LocalVault()
     try:
         await local.open()
         return await action(ApiKeys(local.store))
