@@ -1,59 +1,154 @@
-"""Benchmark 3: the vault server (`alter-agents vault serve`, alter-sdk wire protocol) vs the embedded vault.
+"""Benchmark 3: the vault server (`alter-agents vault serve`, alter-sdk wire protocol) against its floors.
 
-Measures signed `/sdk/token` releases per second through our `RemoteVault`, and whole `App.request`
-calls through the server (token, upstream call, audit post), each next to the same work done by the
-embedded vault in-process. The server runs in its own process on the same SQLite store.
+Part 1 — signed `/sdk/token` releases through `RemoteVault`, our server against a bare Starlette endpoint
+doing the same HMAC verification and JSON work (`bench._bare_vault`), both served by uvicorn the same
+way, driven by the same client, in alternating phases of one run (`bench._steady`). Target ≥ 0.80x.
+Part 2 — `App.request` through the server (token, upstream call, audit) against the embedded vault.
+Target ≥ 0.60x. Each part runs on SQLite and on PostgreSQL (a database of its own, dropped after).
+Beside throughput it prints each server's CPU time per call, which a busy shared machine disturbs far
+less than wall-clock rates.
 
-    python -m bench.vault_server [--n 1000] [--concurrency 16]
+    python -m bench.vault_server [--store sqlite|postgres|both] [--rounds 4] [--window 1.5] [--concurrency 16]
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Awaitable, Callable
-from typing import Any
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import anyio
+import httpx
 
 from alter_agents import App
-from bench._common import Bench, bench_vault, concurrent, ms, pct
+from alter_agents.server.signing import sign
+from alter_agents.vault.remote import RemoteVault
+from bench._common import ROOT, Bench, bench_vault, env_with, ms, pct, verdict
+from bench._steady import Call, Load, alternate, round_ratios
 from tests.fixtures.vault_server import VaultServerProcess, mint_key
 
-
-async def measure(call: Callable[[], Awaitable[object]], n: int, concurrency: int) -> tuple[float, float]:
-    await concurrent(call, min(100, n), concurrency)
-    latencies, took = await concurrent(call, n, concurrency)
-    return n / took, pct(latencies, 0.5)
+TOKEN_TARGET = 0.80
+REQUEST_TARGET = 0.60
 
 
-async def main(bench: Bench, n: int, concurrency: int) -> None:
+@contextmanager
+def bare_process(api_key: str, template: dict[str, object]) -> Iterator[tuple[str, int]]:
+    """`bench._bare_vault` in its own process; yields (base URL, pid)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
+        json.dump(template, file)
+        file.flush()
+        proc = subprocess.Popen([sys.executable, "-m", "bench._bare_vault", file.name], cwd=ROOT,
+                                stdout=subprocess.PIPE, text=True, env=env_with({"BENCH_BARE_KEY": api_key}))
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
+            for _ in range(100):
+                try:
+                    httpx.get(f"{url}/healthz", timeout=1)
+                    break
+                except httpx.TransportError:
+                    anyio.run(anyio.sleep, 0.05)
+            yield url, proc.pid
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A database of its own on the machine's PostgreSQL (as the test suite makes one per run)."""
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import PG_SERVER_URL, _pg_admin
+
+    name = f"alter_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(PG_SERVER_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def token_body(url: str, jwt: str) -> bytes:
+    body = {"request": {"method": "GET", "url": url}, "user_token": jwt, "provider_id": "bench"}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def capture_template(server_url: str, key: str, url: str, jwt: str) -> dict[str, object]:
+    """One real `/sdk/token` answer of our server, which the bare endpoint then repeats."""
+    content = token_body(url, jwt)
+    headers = {"x-api-key": key, "Content-Type": "application/json", **sign(key, "POST", "/sdk/token", content)}
+    answer = httpx.post(f"{server_url}/sdk/token", content=content, headers=headers, timeout=10)
+    answer.raise_for_status()
+    data: dict[str, object] = answer.json()
+    return data
+
+
+async def run_pair(base: Load, base_call: Call, ours: Load, ours_call: Call, args: argparse.Namespace) -> None:
+    async with anyio.create_task_group() as tg:
+        for _ in range(args.concurrency):
+            tg.start_soon(base.worker, base_call)
+            tg.start_soon(ours.worker, ours_call)
+        await alternate(base, ours, args.rounds, args.window)
+        tg.cancel_scope.cancel()
+
+
+def report(title: str, base: Load, ours: Load, target: float) -> None:
+    ratio = ours.rps / base.rps
+    print(f"  {title}")
+    for side in (base, ours):
+        cpu = f"{side.server_cpu / side.calls * 1e6:8.0f} µs" if side.pid else "        —"
+        client = side.client_cpu / side.calls * 1e6
+        print(f"    {side.name:22}{side.rps:9.0f}/s  p50 {ms(pct(side.latencies, 0.5))}  "
+              f"server CPU/call {cpu}  client CPU/call {client:6.0f} µs")
+    print(f"    ratio {ratio:.3f}  rounds {round_ratios(base, ours)}  target ≥ {target:.2f}: "
+          f"{verdict(ratio >= target)}")
+
+
+async def measure(bench: Bench, store: str, args: argparse.Namespace) -> None:
     jwt = bench.user_jwt()
     url = f"{bench.api_url}/v1/items"
     key = await mint_key(bench.settings, "bench")
     with VaultServerProcess(bench.env) as server:
+        template = capture_template(server.url, key, url, jwt)
+        with bare_process(key, template) as (bare_url, bare_pid):
+            print(f"{store}: {args.concurrency}-way, {args.rounds} rounds of {args.window}s per side (ABBA)")
+            bare, ours = RemoteVault(bare_url, key, bench.settings), RemoteVault(server.url, key, bench.settings)
+            try:
+                base_load, ours_load = Load("bare endpoint", pid=bare_pid), Load("vault server", pid=server.pid)
+                await run_pair(base_load, lambda: bare.release_for(url=url, provider="bench", user_token=jwt),
+                               ours_load, lambda: ours.release_for(url=url, provider="bench", user_token=jwt), args)
+                report("/sdk/token via RemoteVault", base_load, ours_load, TOKEN_TARGET)
+            finally:
+                await bare.aclose()
+                await ours.aclose()
         async with bench.app() as embedded, App(api_key=key, base_url=server.url, settings=bench.settings) as remote:
-            rows: list[tuple[str, float, float, float, float]] = []
-            cases: tuple[tuple[str, Callable[[App], Callable[[], Awaitable[Any]]]], ...] = (
-                ("token release (/sdk/token)",
-                 lambda app: lambda: app.vault.release_for(url=url, provider="bench", user_token=jwt)),
-                ("App.request (token+call+audit)",
-                 lambda app: lambda: app.request("GET", url, provider="bench", user_token=jwt)),
-            )
-            for label, make in cases:
-                results = {}
-                for name, app in (("embedded", embedded), ("remote", remote)):
-                    results[name] = await measure(make(app), n, concurrency)
-                rows.append((label, *results["embedded"], *results["remote"]))
-    print(f"vault server vs embedded vault: {n} operations at {concurrency}-way")
-    print(f"  {'':32}{'embedded/s':>12}{'p50':>12}{'server/s':>12}{'p50':>12}{'ratio':>8}")
-    for label, e_rps, e_p50, r_rps, r_p50 in rows:
-        print(f"  {label:32}{e_rps:12.0f}{ms(e_p50):>12}{r_rps:12.0f}{ms(r_p50):>12}{r_rps / e_rps:8.3f}")
+            base_load, ours_load = Load("embedded App.request"), Load("App.request via server", pid=server.pid)
+            await run_pair(base_load, lambda: embedded.request("GET", url, provider="bench", user_token=jwt),
+                           ours_load, lambda: remote.request("GET", url, provider="bench", user_token=jwt), args)
+            report("App.request (token + call + audit)", base_load, ours_load, REQUEST_TARGET)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--store", choices=("sqlite", "postgres", "both"), default="both")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--window", type=float, default=1.5)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    if args.store in ("sqlite", "both"):
+        with bench_vault() as bench:
+            anyio.run(measure, bench, "SQLite", args)
+    if args.store in ("postgres", "both"):
+        with postgres_database() as store_url, bench_vault(store_url) as bench:
+            anyio.run(measure, bench, "PostgreSQL", args)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=16)
-    args = parser.parse_args()
-    with bench_vault() as b:
-        anyio.run(main, b, args.n, args.concurrency)
+    main()

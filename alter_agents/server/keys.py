@@ -4,6 +4,10 @@ A key reads `alter_<type>_<22 random chars>_<6-char checksum>` in the alphabet a
 CRC-32 of `"<type>:<random>"` taken five bits at a time, least significant first, so a client can refuse a
 mistyped key before any network call. It is not a secret and not a security boundary: the server looks a
 key up by the SHA-256 of the whole key and derives the request-signing key from the key the client sends.
+
+A key that authenticated is trusted again without a store read for `KEY_CACHE_SECONDS`, so a key revoked
+from another process (the CLI, another replica) stops working within that bound; one revoked through
+this process's `ApiKeys` stops at once.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ KEY_KINDS: tuple[KeyKind, ...] = ("rk", "ak", "dk", "pk")
 _RANDOM_LEN = 22
 _CHECKSUM_LEN = 6
 _LAST_USED_RESOLUTION_SECONDS = 60.0
+KEY_CACHE_SECONDS = 1.0
+_CACHE_MAX = 10_000
 
 
 class KeyRejected(Exception):
@@ -98,6 +104,7 @@ class ApiKeys:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._last_touch: dict[str, float] = {}
+        self._trusted: dict[str, tuple[float, ApiKeyInfo]] = {}
 
     async def create(self, name: str | None = None, kind: KeyKind = "rk") -> tuple[str, ApiKeyInfo]:
         """Mint a key; the plaintext is returned once and never stored."""
@@ -124,6 +131,7 @@ class ApiKeys:
         if len(matches) != 1:
             raise ValueError(f"no single API key matches {key_id!r}" if not matches
                              else f"{key_id!r} matches {len(matches)} keys; give more of the id")
+        self._trusted.clear()
         async with self._store.transaction(write=True) as conn:
             await conn.execute(update(api_keys).where(api_keys.c.key_id == matches[0].key_id,
                                                       api_keys.c.revoked_at.is_(None))
@@ -137,14 +145,23 @@ class ApiKeys:
             raise KeyRejected("invalid_key", "Send the API key in the x-api-key header.")
         if not is_well_formed(key):
             raise KeyRejected("invalid_key", "The API key is malformed (bad format or checksum).")
+        digest = key_hash(key)
+        now = time.monotonic()
+        trusted = self._trusted.get(digest)
+        if trusted is not None and trusted[0] > now:
+            return trusted[1]
         async with self._store.transaction() as conn:
-            row = (await conn.execute(select(api_keys).where(api_keys.c.key_hash == key_hash(key)))).first()
+            row = (await conn.execute(select(api_keys).where(api_keys.c.key_hash == digest))).first()
         if row is None:
             raise KeyRejected("invalid_key", "Invalid API key.")
         info = _info(row)
         if not info.active:
+            self._trusted.pop(digest, None)
             raise KeyRejected("key_revoked", "API key has been revoked.")
         await self._touch(info.key_id)
+        if len(self._trusted) >= _CACHE_MAX:
+            self._trusted = {k: v for k, v in self._trusted.items() if v[0] > now}
+        self._trusted[digest] = (now + KEY_CACHE_SECONDS, info)
         return info
 
     async def _touch(self, key_id: str) -> None:

@@ -7,8 +7,8 @@ The signing key is HMAC-SHA256(api_key, "alter-signing-v1"). The string to sign 
 
 where the actor lines are present only when the matching `X-Alter-*` headers are sent; a request that
 carries any of them must be signed over them (no stripping them to downgrade). A timestamp outside the
-skew window, a reused nonce, or a body whose hash differs from the signed one is refused. Nonces are kept
-in the store, so every server process sharing it refuses a replay seen by any other.
+skew window, a reused nonce (see `nonces`), or a body whose hash differs from the signed one is refused.
+`check_headers` is the part that needs no body, so a server can refuse an unsigned request before reading it.
 """
 
 from __future__ import annotations
@@ -21,12 +21,6 @@ import time
 from collections.abc import Mapping
 from urllib.parse import parse_qsl, unquote, urlencode
 
-from sqlalchemy import delete, insert
-from sqlalchemy.exc import IntegrityError
-
-from alter_agents.vault.schema import nonces
-from alter_agents.vault.store import Store
-
 SIGNING_CONTEXT = b"alter-signing-v1"
 MAX_SKEW_SECONDS = 300
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,128}")
@@ -36,7 +30,6 @@ _ACTOR_LINES = (
     ("actor-id", "x-alter-actor-id"),
     ("actor-context", "x-alter-context"),
 )
-_PRUNE_EVERY = 256
 
 
 class SignatureRejected(Exception):
@@ -92,21 +85,26 @@ def sign(api_key: str, method: str, path: str, body: bytes, *, now: float | None
     }
 
 
+def check_headers(headers: Mapping[str, str], *, now: float | None = None) -> None:
+    """The checks that need no body and no key: every signature header present, timestamp, nonce shape."""
+    timestamp = headers.get("x-alter-timestamp", "")
+    if not (timestamp and headers.get("x-alter-nonce") and headers.get("x-alter-content-sha256")
+            and headers.get("x-alter-signature")):
+        raise SignatureRejected("missing_signature", "The request is not signed (X-Alter-* headers missing).")
+    if not timestamp.isdigit() or abs(int(timestamp) - (time.time() if now is None else now)) > MAX_SKEW_SECONDS:
+        raise SignatureRejected("stale_request", f"X-Alter-Timestamp is more than {MAX_SKEW_SECONDS}s off.")
+    if not _NONCE.fullmatch(headers.get("x-alter-nonce", "")):
+        raise SignatureRejected("invalid_nonce", "X-Alter-Nonce must be 16-128 URL-safe characters.")
+
+
 def verify(
     api_key: str, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes,
     *, now: float | None = None,
 ) -> str:
     """Check one request's signature; returns its nonce (to be recorded). `headers`: lower-case names."""
-    timestamp = headers.get("x-alter-timestamp", "")
-    nonce = headers.get("x-alter-nonce", "")
-    content_hash = headers.get("x-alter-content-sha256", "")
-    signature = headers.get("x-alter-signature", "")
-    if not (timestamp and nonce and content_hash and signature):
-        raise SignatureRejected("missing_signature", "The request is not signed (X-Alter-* headers missing).")
-    if not timestamp.isdigit() or abs(int(timestamp) - (time.time() if now is None else now)) > MAX_SKEW_SECONDS:
-        raise SignatureRejected("stale_request", f"X-Alter-Timestamp is more than {MAX_SKEW_SECONDS}s off.")
-    if not _NONCE.fullmatch(nonce):
-        raise SignatureRejected("invalid_nonce", "X-Alter-Nonce must be 16-128 URL-safe characters.")
+    check_headers(headers, now=now)
+    timestamp, nonce = headers["x-alter-timestamp"], headers["x-alter-nonce"]
+    content_hash, signature = headers["x-alter-content-sha256"], headers["x-alter-signature"]
     if not hmac.compare_digest(content_hash.lower(), hashlib.sha256(body).hexdigest()):
         raise SignatureRejected("body_hash_mismatch", "The body does not match X-Alter-Content-SHA256.")
     text = string_to_sign(method, canonical_path(path, query), timestamp, nonce, content_hash, headers)
@@ -116,29 +114,3 @@ def verify(
     if v2 is not None and not hmac.compare_digest(v2.lower(), signature.lower()):
         raise SignatureRejected("invalid_signature", "X-Alter-Signature-V2 does not match the signature.")
     return nonce
-
-
-class NonceLedger:
-    """Nonces seen within the skew window, in the shared store: a replay is refused by every process."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._since_prune = 0
-
-    async def remember(self, key_id: str, nonce: str) -> None:
-        now = time.time()
-        try:
-            async with self._store.transaction(write=True) as conn:
-                await conn.execute(insert(nonces).values(nonce=nonce, key_id=key_id, seen_at=now))
-        except IntegrityError:
-            raise SignatureRejected("replayed_nonce", "This request was already received (nonce reused).") from None
-        self._since_prune += 1
-        if self._since_prune >= _PRUNE_EVERY:
-            self._since_prune = 0
-            await self.prune(now)
-
-    async def prune(self, now: float | None = None) -> None:
-        """Forget nonces older than twice the skew window: their timestamps are refused anyway."""
-        cutoff = (time.time() if now is None else now) - 2 * MAX_SKEW_SECONDS
-        async with self._store.transaction(write=True) as conn:
-            await conn.execute(delete(nonces).where(nonces.c.seen_at < cutoff))

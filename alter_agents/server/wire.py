@@ -181,6 +181,17 @@ class AuditRequest(_In):
     latency_ms: float = 0.0
 
 
+class AuditBatchRequest(_In):
+    """Ours (`/sdk/alter/audit/batch`): many `AuditRequest`s in one signed call, recorded before the answer."""
+
+    calls: list[AuditRequest] = Field(max_length=1000)
+
+
+class AuditBatchResponse(_Out):
+    status: Literal["recorded"] = "recorded"
+    recorded: int = 0
+
+
 def rfc3339(value: datetime | None) -> str | None:
     """RFC 3339 with an explicit offset, which the official client requires."""
     return value.isoformat() if value is not None else None

@@ -1,0 +1,100 @@
+"""The nonce ledger: a request nonce is accepted once by every server process sharing the store.
+
+Every nonce is inserted into the shared table before its request is answered, so a replay sent to any
+replica within the skew window finds it there and is refused. What makes this cheap is group commit:
+the nonces of requests arriving together go in one `INSERT … ON CONFLICT DO NOTHING RETURNING`
+transaction (one writer turn on SQLite instead of one per request), and the rows it did not return are
+the replays. On PostgreSQL that transaction commits with `synchronous_commit = off`: it is visible to
+every replica at once, but a crash of the database server itself (not of a replica) can forget the
+nonces of its last ~0.6 s (three `wal_writer_delay`s), which could then be replayed until their
+timestamps leave the skew window. Nothing else is written that way. A small cache of nonces seen by
+this process refuses same-process replays without a round trip; the table stays the authority.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from sqlalchemy import delete, text
+from sqlalchemy.dialects import postgresql, sqlite
+
+from alter_agents.server.signing import MAX_SKEW_SECONDS, SignatureRejected
+from alter_agents.vault.schema import nonces
+from alter_agents.vault.store import Store
+
+_PRUNE_EVERY = 4096
+_RECENT_MAX = 100_000
+_BATCH_MAX = 500
+
+
+def _replayed() -> SignatureRejected:
+    return SignatureRejected("replayed_nonce", "This request was already received (nonce reused).")
+
+
+class NonceLedger:
+    """Nonces seen within the skew window, in the shared store: a replay is refused by every process."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._recent: set[str] = set()
+        self._queued: dict[str, tuple[str, float, asyncio.Future[bool]]] = {}
+        self._writer: asyncio.Task[None] | None = None
+        self._since_prune = 0
+
+    async def remember(self, key_id: str, nonce: str) -> None:
+        """Return once `nonce` is in the shared ledger; raise `replayed_nonce` if it already was."""
+        if nonce in self._recent or nonce in self._queued:
+            raise _replayed()
+        accepted: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queued[nonce] = (key_id, time.time(), accepted)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_queued())
+        if not await asyncio.shield(accepted):
+            raise _replayed()
+
+    async def _write_queued(self) -> None:
+        """Write what is queued, batch after batch: requests arriving during a write join the next one."""
+        while self._queued:
+            batch = dict(list(self._queued.items())[:_BATCH_MAX])
+            for nonce in batch:
+                del self._queued[nonce]
+            try:
+                fresh = await self._insert(batch)
+            except BaseException as exc:
+                for _key, _at, accepted in batch.values():
+                    if not accepted.done():
+                        accepted.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            if len(self._recent) + len(batch) > _RECENT_MAX:
+                self._recent.clear()
+            self._recent.update(batch)
+            for nonce, (_key, _at, accepted) in batch.items():
+                if not accepted.done():
+                    accepted.set_result(nonce in fresh)
+            self._since_prune += len(batch)
+            if self._since_prune >= _PRUNE_EVERY:
+                self._since_prune = 0
+                await self.prune()
+
+    async def _insert(self, batch: dict[str, tuple[str, float, asyncio.Future[bool]]]) -> set[str]:
+        rows = [{"nonce": n, "key_id": key, "seen_at": at} for n, (key, at, _f) in batch.items()]
+        dialect = postgresql if self._store.dialect == "postgresql" else sqlite
+        statement = (dialect.insert(nonces).values(rows).on_conflict_do_nothing(index_elements=["nonce"])
+                     .returning(nonces.c.nonce))
+        async with self._store.transaction(write=True) as conn:
+            if self._store.dialect == "postgresql":
+                await conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
+            return set((await conn.execute(statement)).scalars())
+
+    async def prune(self, now: float | None = None) -> None:
+        """Forget nonces older than twice the skew window: their timestamps are refused anyway."""
+        cutoff = (time.time() if now is None else now) - 2 * MAX_SKEW_SECONDS
+        async with self._store.transaction(write=True) as conn:
+            await conn.execute(delete(nonces).where(nonces.c.seen_at < cutoff))
+
+    async def aclose(self) -> None:
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
