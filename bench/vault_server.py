@@ -119,7 +119,8 @@ async def measure(bench: Bench, store: str, args: argparse.Namespace) -> None:
         template = capture_template(server.url, key, url, jwt)
         with bare_process(key, template) as (bare_url, bare_pid):
             print(f"{store}: {args.concurrency}-way, {args.rounds} rounds of {args.window}s per side (ABBA)")
-            bare, ours = RemoteVault(bare_url, key, bench.settings), RemoteVault(server.url, key, bench.settings)
+            bare, ours = (RemoteVault(bare_url, key, bench.settings, credential_ttl=0),
+                          RemoteVault(server.url, key, bench.settings, credential_ttl=0))
             try:
                 base_load, ours_load = Load("bare endpoint", pid=bare_pid), Load("vault server", pid=server.pid)
                 await run_pair(base_load, lambda: bare.release_for(url=url, provider="bench", user_token=jwt),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import time
 from datetime import UTC, datetime
@@ -43,17 +44,24 @@ from alter_agents.server.wire import (
 from alter_agents.settings import Settings
 from alter_agents.upstream import is_loopback
 from alter_agents.vault.connect import ProgressCallback, wait_for_connect
+from alter_agents.vault.remote_audit import AuditPoster
 
 _POLL_INTERVAL = 0.25
+# A released credential is reused for the same call target this long (never near its expiry), so a
+# revoked grant or API key stops working within the server's own bound plus this (see docs/vault-server.md).
+CREDENTIAL_CACHE_SECONDS = 0.5
+_CACHE_MAX = 10_000
+_EXPIRY_MARGIN_SECONDS = 60.0
 M = TypeVar("M", bound=BaseModel)
 _PAGE = 1000
+_log = logging.getLogger("alter_agents.audit")
 
 
 class RemoteVault:
     """A vault server (ours, or any server of the `alter-sdk` protocol) behind the Vault protocol."""
 
     def __init__(self, base_url: str, api_key: str | None = None, settings: Settings | None = None,
-                 *, timeout: float = 30.0) -> None:
+                 *, timeout: float = 30.0, credential_ttl: float = CREDENTIAL_CACHE_SECONDS) -> None:
         api_key = api_key or os.environ.get("ALTER_API_KEY")
         if not api_key:
             raise ConfigurationError("A vault server needs an API key: pass api_key= or set ALTER_API_KEY.")
@@ -67,11 +75,16 @@ class RemoteVault:
         self._api_key = api_key
         self._prefix = url.path.rstrip("/")
         self._http = httpx.AsyncClient(base_url=str(url), timeout=timeout)
+        self._audit = AuditPoster(self._post_audit_batch)
+        self._ours = False  # whether the server has shown our extension, and so takes batched audit posts
+        self._credential_ttl = credential_ttl
+        self._released: dict[tuple[str | None, ...], tuple[float, ReleasedCredential]] = {}
 
     def __repr__(self) -> str:
         return f"RemoteVault({str(self._http.base_url)!r}, api_key=<redacted>)"
 
     async def aclose(self) -> None:
+        await self._audit.aclose()
         await self._http.aclose()
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -107,6 +120,30 @@ class RemoteVault:
         label: str | None = None,
         grant_id: str | None = None,
     ) -> ReleasedCredential:
+        """The credential for one call; the same call target within `credential_ttl` reuses the last one."""
+        target = (method.upper(), url, provider, user_token, account, label, grant_id)
+        cached = self._released.get(target)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        credential = await self._release(url, method, provider, user_token, account, label, grant_id)
+        self._keep(target, credential)
+        return credential
+
+    def _keep(self, target: tuple[str | None, ...], credential: ReleasedCredential) -> None:
+        now = time.monotonic()
+        expires = credential.grant.expires_at
+        near_expiry = expires is not None and (
+            expires.timestamp() - _EXPIRY_MARGIN_SECONDS < time.time() + self._credential_ttl)
+        if self._credential_ttl <= 0 or near_expiry:
+            return
+        if len(self._released) >= _CACHE_MAX:
+            self._released = {k: v for k, v in self._released.items() if v[0] > now}
+            if len(self._released) >= _CACHE_MAX:
+                self._released.clear()
+        self._released[target] = (now + self._credential_ttl, credential)
+
+    async def _release(self, url: str, method: str, provider: str | None, user_token: str | None,
+                       account: str | None, label: str | None, grant_id: str | None) -> ReleasedCredential:
         body: dict[str, Any] = {"request": {"method": method.upper(), "url": url}, "user_token": user_token}
         if grant_id:
             body["grant_id"] = grant_id
@@ -115,6 +152,7 @@ class RemoteVault:
         token = _parse(TokenResponse, await self._post("/sdk/token", body))
         ext = token.alter_agents
         if ext is not None:
+            self._ours = True
             injection = ext.injection.to_injection()
             secret = token.access_token
             if injection.basic:
@@ -146,14 +184,29 @@ class RemoteVault:
         self, grant: Grant, *, method: str, url: str, status: int | None, latency_ms: float | None,
         principal: str | None, error: str | None = None, action: str = "call",
     ) -> None:
-        """Best effort, as the official client does: an audit failure never fails the call."""
+        """Best effort, as the official client does: an audit failure never fails the call.
+
+        Our server takes them in batches (see `remote_audit`); another server gets one post per call.
+        """
         body = {"grant_id": grant.grant_id, "provider_id": grant.provider, "method": method.upper(),
                 "url": str(httpx.URL(url).copy_with(query=None)), "response_status": status or 0,
                 "latency_ms": int(latency_ms or 0)}
+        if self._ours:
+            self._audit.add(body)
+            return
         try:
             await self._post("/sdk/oauth/audit/api-call", body)
         except AlterError:
             return
+
+    async def _post_audit_batch(self, rows: list[dict[str, Any]]) -> None:
+        """Post one batch; a refusal (not an outage) drops it with a warning rather than retrying forever."""
+        try:
+            await self._post("/sdk/alter/audit/batch", {"calls": rows})
+        except UpstreamUnreachableError:
+            raise
+        except AlterError as exc:
+            _log.warning("the vault server refused %d audit rows: %s", len(rows), exc.message)
 
     # -- grants ---------------------------------------------------------------------------------
 
