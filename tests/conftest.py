@@ -18,8 +18,10 @@ from tests.fixtures import AsyncBrowser, Browser, IdentityProvider, OAuthServer,
 PG_SERVER_URL = os.environ.get("ALTER_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 # Each run gets a database of its own (made in `pytest_configure`, dropped at the end), so two suites
 # running at once on one server never touch each other's tables.
-PG_URL = PG_SERVER_URL
-_PG_ERROR: str | None = None
+# Test modules import this file again as `tests.conftest` (pytest loaded it as `conftest`); that copy
+# reads the run's database from the environment, which `pytest_configure` sets before collection.
+PG_URL = os.environ.get("_ALTER_TEST_RUN_PG_URL", PG_SERVER_URL)
+_PG_ERROR: str | None = os.environ.get("_ALTER_TEST_RUN_PG_ERROR")
 
 
 def _pg_admin(sql: str) -> None:
@@ -49,9 +51,10 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         _pg_admin(f'CREATE DATABASE "{name}"')
     except Exception as exc:  # reported by `fresh_postgres` in the tests that need it
-        _PG_ERROR = f"{type(exc).__name__}: {exc}"
+        _PG_ERROR = os.environ["_ALTER_TEST_RUN_PG_ERROR"] = f"{type(exc).__name__}: {exc}"
         return
     PG_URL = make_url(PG_SERVER_URL).set(database=name).render_as_string(hide_password=False)
+    os.environ["_ALTER_TEST_RUN_PG_URL"] = PG_URL
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
