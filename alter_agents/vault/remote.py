@@ -47,8 +47,9 @@ from alter_agents.vault.connect import ProgressCallback, wait_for_connect
 from alter_agents.vault.remote_audit import AuditPoster
 
 _POLL_INTERVAL = 0.25
-# A released credential is reused for the same call target this long (never near its expiry), so a
-# revoked grant or API key stops working within the server's own bound plus this (see docs/vault-server.md).
+# A released credential is reused for the same call target this long (never near its expiry, and never
+# after this client saw a connect complete), so a revoked grant or API key stops working within the
+# server's own bound plus this (see docs/vault-server.md).
 CREDENTIAL_CACHE_SECONDS = 0.5
 _CACHE_MAX = 10_000
 _EXPIRY_MARGIN_SECONDS = 60.0
@@ -241,6 +242,7 @@ class RemoteVault:
         polled = _parse(PollResponse, await self._post("/sdk/oauth/connect/session/poll",
                                                        {"session_token": session_id}))
         if polled.status == "completed":
+            self._released.clear()  # a new grant may change what a call target resolves to
             return ConnectStatus(status="completed", results=[
                 ConnectResult(grant_id=g.grant_id, provider=g.provider_id, account=g.account_identifier or "",
                               label=g.label, scopes=g.scopes, operation=g.operation)
