@@ -6,7 +6,9 @@ way, driven by the same client, in alternating phases of one run (`bench._steady
 Part 2 — `App.request` through the server (token, upstream call, audit) against the embedded vault.
 Target ≥ 0.60x. Each part runs on SQLite and on PostgreSQL (a database of its own, dropped after).
 Beside throughput it prints each server's CPU time per call, which a busy shared machine disturbs far
-less than wall-clock rates.
+less than wall-clock rates. On PostgreSQL it also reads the CPU of the database's own backends
+(`pg_stat_activity` for the bench database) and projects two replicas with a core each: one replica
+tops out at 1/server-CPU calls/s, the shared database at 1/database-CPU, so two give min(2, server/db)x.
 
     python -m bench.vault_server [--store sqlite|postgres|both] [--rounds 4] [--window 1.5] [--concurrency 16]
 """
@@ -29,7 +31,7 @@ import httpx
 from alter_agents import App
 from alter_agents.server.signing import sign
 from alter_agents.vault.remote import RemoteVault
-from bench._common import ROOT, Bench, bench_vault, env_with, ms, pct, verdict
+from bench._common import ROOT, Bench, bench_vault, cpu_seconds, env_with, ms, pct, verdict
 from bench._steady import Call, Load, alternate, round_ratios
 from tests.fixtures.vault_server import VaultServerProcess, mint_key
 
@@ -111,6 +113,28 @@ def report(title: str, base: Load, ours: Load, target: float) -> None:
           f"{verdict(ratio >= target)}")
 
 
+async def database_cpu(store_url: str) -> float:
+    """CPU seconds used so far by the PostgreSQL backends serving the bench database."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(store_url)
+    conn = await asyncpg.connect(user=url.username, password=url.password, host=url.host or "127.0.0.1",
+                                 port=url.port or 5432, database=url.database)
+    try:
+        pids = [r["pid"] for r in await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", url.database)]
+    finally:
+        await conn.close()
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except OSError:
+            continue  # a backend that ended meanwhile
+    return total
+
+
 async def measure(bench: Bench, store: str, args: argparse.Namespace) -> None:
     jwt = bench.user_jwt()
     url = f"{bench.api_url}/v1/items"
@@ -123,9 +147,16 @@ async def measure(bench: Bench, store: str, args: argparse.Namespace) -> None:
                           RemoteVault(server.url, key, bench.settings, credential_ttl=0))
             try:
                 base_load, ours_load = Load("bare endpoint", pid=bare_pid), Load("vault server", pid=server.pid)
+                postgres = bench.env["ALTER_VAULT_URL"] if store == "PostgreSQL" else None
+                db_before = await database_cpu(postgres) if postgres else 0.0
                 await run_pair(base_load, lambda: bare.release_for(url=url, provider="bench", user_token=jwt),
                                ours_load, lambda: ours.release_for(url=url, provider="bench", user_token=jwt), args)
                 report("/sdk/token via RemoteVault", base_load, ours_load, TOKEN_TARGET)
+                if postgres:
+                    db_per_call = (await database_cpu(postgres) - db_before) / len(ours_load.finished)
+                    server_per_call = ours_load.server_cpu / ours_load.calls
+                    print(f"    PostgreSQL CPU/call {db_per_call * 1e6:6.0f} µs; two replicas with a core each: "
+                          f"~{min(2.0, server_per_call / max(db_per_call, 1e-9)):.2f}x one (target ≥ 1.6)")
             finally:
                 await bare.aclose()
                 await ours.aclose()
