@@ -165,6 +165,13 @@ async def measure(bench: Bench, store: str, args: argparse.Namespace) -> None:
             await run_pair(base_load, lambda: embedded.request("GET", url, provider="bench", user_token=jwt),
                            ours_load, lambda: remote.request("GET", url, provider="bench", user_token=jwt), args)
             report("App.request (token + call + audit)", base_load, ours_load, REQUEST_TARGET)
+        # The same without RemoteVault's 0.5 s credential cache: a token call per request, as the official client.
+        uncached = RemoteVault(server.url, key, bench.settings, credential_ttl=0)
+        async with bench.app() as embedded, App(vault=uncached, settings=bench.settings) as remote:
+            base_load, ours_load = Load("embedded App.request"), Load("via server, no cache", pid=server.pid)
+            await run_pair(base_load, lambda: embedded.request("GET", url, provider="bench", user_token=jwt),
+                           ours_load, lambda: remote.request("GET", url, provider="bench", user_token=jwt), args)
+            report("App.request, credential_ttl=0 (no target: what the cache buys)", base_load, ours_load, 0.0)
 
 
 def main() -> None:
