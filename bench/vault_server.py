@@ -109,8 +109,8 @@ def report(title: str, base: Load, ours: Load, target: float) -> None:
         client = side.client_cpu / side.calls * 1e6
         print(f"    {side.name:22}{side.rps:9.0f}/s  p50 {ms(pct(side.latencies, 0.5))}  "
               f"server CPU/call {cpu}  client CPU/call {client:6.0f} µs")
-    print(f"    ratio {ratio:.3f}  rounds {round_ratios(base, ours)}  target ≥ {target:.2f}: "
-          f"{verdict(ratio >= target)}")
+    verdict_text = f"  target ≥ {target:.2f}: {verdict(ratio >= target)}" if target else ""
+    print(f"    ratio {ratio:.3f}  rounds {round_ratios(base, ours)}{verdict_text}")
 
 
 async def database_cpu(store_url: str) -> float:
