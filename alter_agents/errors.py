@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
-from alter_agents.models import AccountRef, Grant, ToolErrorBody, ToolErrorPayload
+from alter_agents.models import AccountRef, ToolErrorBody, ToolErrorPayload
 
 UserAction = Literal["choose_account", "connect", "reauthorize", "fix_arguments", "retry_later", "none"]
 
@@ -133,7 +133,7 @@ class AmbiguousGrantError(GrantError):
     user_action = "choose_account"
     retryable = True
 
-    def __init__(self, provider: str, accounts: Sequence[AccountRef], grants: Sequence[Grant] = ()) -> None:
+    def __init__(self, provider: str, accounts: Sequence[AccountRef]) -> None:
         names = ", ".join(a.account for a in accounts)
         super().__init__(
             f"{len(accounts)} {provider} accounts are connected; call request again with account "
@@ -143,7 +143,6 @@ class AmbiguousGrantError(GrantError):
         )
         self.provider = provider
         self.accounts: list[AccountRef] = list(accounts)
-        self.grants: list[Grant] = list(grants)  # the candidates themselves, for the vault server's 409
 
     # The official client's names, so its `except AmbiguousGrantError as e:` recipes run unchanged.
     @property

@@ -84,7 +84,7 @@ async def token(request: Request) -> Response:
     except AmbiguousGrantError as exc:
         return error_response(exc, account_was_provided=bool(req.account),
                               account_identifiers=[a.account for a in exc.accounts],
-                              candidates=[candidate(g).model_dump() for g in exc.grants])
+                              candidates=[candidate(a).model_dump() for a in exc.accounts])
     await vault.record_call(credential.grant, method=req.request.method, url=req.request.url, status=None,
                             latency_ms=None, principal=credential.principal, action="release",
                             error=f"key:{_caller(request).key.key_id}")

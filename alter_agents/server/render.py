@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from alter_agents.models import Grant, ReleasedCredential
+from alter_agents.models import AccountRef, Grant, ReleasedCredential
 from alter_agents.providers import Providers
 from alter_agents.server.wire import (
     Candidate,
@@ -36,9 +36,9 @@ def token_response(credential: ReleasedCredential) -> TokenResponse:
     )
 
 
-def candidate(grant: Grant) -> Candidate:
-    return Candidate(grant_id=grant.grant_id, label=grant.label, account_identifier=grant.account,
-                     account_display_name=grant.display_name)
+def candidate(account: AccountRef) -> Candidate:
+    return Candidate(grant_id=account.grant_id or "", label=account.label, account_identifier=account.account,
+                     account_display_name=account.display_name)
 
 
 def grant_item(grant: Grant, providers: Providers) -> GrantItem:

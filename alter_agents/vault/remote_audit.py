@@ -36,6 +36,7 @@ class AuditPoster:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._dropped = 0
+        self._closing = False
 
     def add(self, row: dict[str, Any]) -> None:
         if len(self._pending) >= MAX_PENDING:
@@ -46,7 +47,7 @@ class AuditPoster:
             self._task = asyncio.get_running_loop().create_task(self._flush_soon())
 
     async def _flush_soon(self) -> None:
-        while self._pending:
+        while self._pending and not self._closing:
             await asyncio.sleep(FLUSH_DELAY)
             try:
                 await self.flush()
@@ -75,9 +76,11 @@ class AuditPoster:
 
     async def aclose(self) -> None:
         """Post what is queued; a server that is down loses only the queued rows, with a warning."""
+        self._closing = True
         task, self._task = self._task, None
         if task is not None and not task.done():
-            task.cancel()
+            if not self._lock.locked():
+                task.cancel()  # waiting to flush; a post in flight is awaited, or it could be posted twice
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         try:

@@ -30,7 +30,7 @@ def choose(
     if not active:
         raise NotConnectedError(provider, account=account or label, connect_url=connect_url)
     if len(active) > 1:
-        raise AmbiguousGrantError(provider, [g.account_ref() for g in active], active)
+        raise AmbiguousGrantError(provider, [g.account_ref() for g in active])
     return active[0]
 
 
