@@ -76,13 +76,16 @@ class NonceLedger:
                 del self._queued[nonce]
             try:
                 fresh = await self._insert(batch)
-            except BaseException as exc:
+            except Exception as exc:
                 for _key, _at, accepted in batch.values():
                     if not accepted.done():
-                        accepted.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
-                if not isinstance(exc, Exception):
-                    raise
+                        accepted.set_exception(exc)
+                        accepted.exception()  # retrieved here too: a caller that went away must not warn
                 continue
+            except BaseException:
+                for _key, _at, accepted in batch.values():
+                    accepted.cancel()
+                raise
             if len(self._recent) + len(batch) > _RECENT_MAX:
                 self._recent.clear()
             self._recent.update(batch)
