@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.conftest import Deployment
+from tests.conftest import Deployment, LinkTwoGoogleAccounts
 from tests.fixtures import AsyncBrowser
 from tests.mcp_support import link
 
@@ -53,13 +53,13 @@ async def run_inspector(inspector: Path, env: dict[str, str], home: Path, *args:
 
 
 async def test_mcp_inspector_lists_calls_and_sees_a_tool_error_not_a_schema_failure(
-    sqlite_deployment: Deployment, abrowser: AsyncBrowser, inspector: Path, tmp_path: Path
+    sqlite_deployment: Deployment, abrowser: AsyncBrowser, alice_google: LinkTwoGoogleAccounts, inspector: Path,
+    tmp_path: Path,
 ) -> None:
     d = sqlite_deployment.local()
     async with d.app() as app:
         await link(app, abrowser, "github", "octo", None)
-        await link(app, abrowser, "google", "me@gmail.com", None)
-        await link(app, abrowser, "google", "me@work.com", None, label="work")
+        await alice_google(app, None)
 
     status, listed = await run_inspector(inspector, d.env, tmp_path, "--method", "tools/list")
     assert status == EXIT_OK, listed

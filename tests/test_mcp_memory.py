@@ -14,7 +14,7 @@ from alter_agents import App
 from alter_agents.sessions import GrantSession, LocalSession, UserSession
 from alter_agents.tools import CONNECT_DESCRIPTION, REQUEST_DESCRIPTION
 from mcp_server import GRANTS_URI, build_server
-from tests.conftest import Deployment
+from tests.conftest import Deployment, LinkTwoGoogleAccounts
 from tests.fixtures import AsyncBrowser
 from tests.mcp_support import ERAS, link, payload
 
@@ -68,12 +68,11 @@ async def test_a_pinned_grant_session_offers_no_provider_account_or_connect(
 
 @pytest.mark.parametrize("mode", ERAS)
 async def test_ambiguous_google_accounts_ask_the_model_to_choose(
-    app: App, sqlite_deployment: Deployment, abrowser: AsyncBrowser, mode: str
+    app: App, sqlite_deployment: Deployment, alice_google: LinkTwoGoogleAccounts, mode: str
 ) -> None:
     d = sqlite_deployment
     alice = d.idp.issue("alice")
-    await link(app, abrowser, "google", "alice@gmail.com", alice)
-    await link(app, abrowser, "google", "alice@acme.com", alice, label="work")
+    await alice_google(app, alice)
     url = f"{d.upstream.url}/echo/calendar"
     async with Client(build_server(app, UserSession(alice)), mode=mode) as client:
         first = await client.call_tool("request", {"url": url, "provider": "google"})
@@ -89,12 +88,11 @@ async def test_ambiguous_google_accounts_ask_the_model_to_choose(
 
 @pytest.mark.parametrize("mode", ERAS)
 async def test_a_client_that_can_ask_lets_the_human_choose_the_account(
-    app: App, sqlite_deployment: Deployment, abrowser: AsyncBrowser, mode: str
+    app: App, sqlite_deployment: Deployment, alice_google: LinkTwoGoogleAccounts, mode: str
 ) -> None:
     d = sqlite_deployment
     alice = d.idp.issue("alice")
-    await link(app, abrowser, "google", "alice@gmail.com", alice)
-    await link(app, abrowser, "google", "alice@acme.com", alice, label="work")
+    await alice_google(app, alice)
     asked: list[ElicitRequestFormParams] = []
 
     async def human(_ctx: Any, params: Any) -> ElicitResult:
@@ -112,12 +110,11 @@ async def test_a_client_that_can_ask_lets_the_human_choose_the_account(
 
 @pytest.mark.parametrize("mode", ERAS)
 async def test_when_the_human_declines_the_model_gets_the_choice(
-    app: App, sqlite_deployment: Deployment, abrowser: AsyncBrowser, mode: str
+    app: App, sqlite_deployment: Deployment, alice_google: LinkTwoGoogleAccounts, mode: str
 ) -> None:
     d = sqlite_deployment
     alice = d.idp.issue("alice")
-    await link(app, abrowser, "google", "alice@gmail.com", alice)
-    await link(app, abrowser, "google", "alice@acme.com", alice)
+    await alice_google(app, alice, work_label=None)
 
     async def human(_ctx: Any, _params: Any) -> ElicitResult:
         return ElicitResult(action="decline")
