@@ -60,6 +60,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         _pg_admin(f'DROP DATABASE IF EXISTS "{make_url_database(PG_URL)}" WITH (FORCE)')
 
 
+def with_coverage(env: dict[str, str]) -> dict[str, str]:
+    """`env` plus coverage.py's subprocess settings, for MCP clients that start servers with a bare environment
+    (docs/testing.md: under `coverage run` those servers are measured too)."""
+    return {**{k: v for k, v in os.environ.items() if k.startswith("COVERAGE_")}, **env}
+
+
 def make_url_database(url: str) -> str:
     from sqlalchemy.engine import make_url
 

@@ -37,7 +37,7 @@ from alter_agents.sessions import Session
 from mcp_server import build_server
 from mcp_server.auth import session_jwt
 from mcp_server.http import build_http
-from tests.conftest import Deployment, LinkTwoGoogleAccounts, connect_as
+from tests.conftest import Deployment, LinkTwoGoogleAccounts, connect_as, with_coverage
 from tests.fixtures import AsyncBrowser, UpstreamAPI
 from tests.mcp_support import ERAS, payload
 
@@ -419,7 +419,7 @@ async def test_the_mcp_command_serves_tools_named_with_dash_dash_tools(
     async with d.app() as app:
         await connect_as(app, abrowser, "google", "me@gmail.com", None)
     env = {**d.env, "CUSTOM_TOOLS_API": d.upstream.url}
-    server = StdioServerParameters(command=sys.executable, env=env, cwd=str(ROOT),
+    server = StdioServerParameters(command=sys.executable, env=with_coverage(env), cwd=str(ROOT),
                                    args=["-m", "mcp_server", "--tools", "tests.test_custom_tools:STDIO_TOOLS"])
     with anyio.fail_after(60):
         async with Client(server) as client:

@@ -11,7 +11,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp_types import ElicitRequestFormParams, ElicitResult
 
-from tests.conftest import Deployment, LinkTwoGoogleAccounts
+from tests.conftest import Deployment, LinkTwoGoogleAccounts, with_coverage
 from tests.fixtures import AsyncBrowser
 from tests.fixtures.accounts import ALICE_PERSONAL, ALICE_WORK
 from tests.mcp_support import ERAS, link, payload
@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def stdio(env: dict[str, str], *args: str) -> StdioServerParameters:
-    return StdioServerParameters(command=sys.executable, args=["-m", "mcp_server", *args], env=env, cwd=str(ROOT))
+    return StdioServerParameters(command=sys.executable, args=["-m", "mcp_server", *args], env=with_coverage(env),
+                                 cwd=str(ROOT))
 
 
 @pytest.mark.parametrize("mode", ERAS)

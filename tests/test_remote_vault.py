@@ -22,7 +22,7 @@ from alter_agents.server.keys import generate_key
 from alter_agents.sessions import HeadlessSession, UserSession
 from alter_agents.tools import AlterTools, CallContext
 from alter_agents.vault.remote import RemoteVault
-from tests.conftest import Deployment, LinkTwoGoogleAccounts
+from tests.conftest import Deployment, LinkTwoGoogleAccounts, with_coverage
 from tests.fixtures import AsyncBrowser
 from tests.fixtures.vault_server import VaultServerProcess, mint_key
 
@@ -195,7 +195,7 @@ async def test_the_mcp_server_can_use_a_vault_server_instead_of_the_embedded_vau
     # The MCP process gets no store of its own: only the vault server's URL and key.
     env = {k: v for k, v in d.env.items() if k not in ("ALTER_VAULT_URL", "ALTER_VAULT_KEY")}
     env |= {"ALTER_BASE_URL": remote.server.url, "ALTER_API_KEY": remote.key, "ALTER_USER_TOKEN": alice}
-    params = StdioServerParameters(command=sys.executable, args=["-m", "mcp_server"], env=env)
+    params = StdioServerParameters(command=sys.executable, args=["-m", "mcp_server"], env=with_coverage(env))
     async with Client(params) as client:  # type: ignore[arg-type]
         result = await client.call_tool("request", {"url": f"{d.upstream.url}/echo/via-server", "provider": "github"})
     assert not result.is_error, result
