@@ -13,6 +13,7 @@ from mcp_types import ElicitRequestFormParams, ElicitRequestURLParams, ElicitRes
 from alter_agents import App
 from alter_agents.sessions import GrantSession, LocalSession, UserSession
 from alter_agents.tools import CONNECT_DESCRIPTION, REQUEST_DESCRIPTION
+from alter_agents.upstream import REDACTED
 from mcp_server import GRANTS_URI, build_server
 from tests.conftest import Deployment, LinkTwoGoogleAccounts
 from tests.fixtures import AsyncBrowser
@@ -158,14 +159,20 @@ async def test_connect_offers_its_url_to_the_human_and_reports_progress(
             body = payload(result)
             assert body["status"] == "connected"
             assert body["grant"]["account"] == "octo"
-            call = await client.call_tool("request", {"url": f"{d.upstream.url}/echo/x", "provider": "github"})
+            call = await client.call_tool("request", {"url": f"{d.upstream.url}/reflect", "provider": "github"})
             assert payload(call)["body"]["account"] == "octo"
             listed = await client.read_resource(GRANTS_URI)
     assert offered and offered[0].startswith(d.oauth.url)
     assert progress, "no progress notification arrived while connect waited"
     grants = json.loads(listed.contents[0].text)["grants"]  # type: ignore[union-attr]
     assert [(g["provider"], g["account"], g["status"]) for g in grants] == [("github", "octo", "active")]
-    assert "token" not in listed.contents[0].text  # type: ignore[union-attr]
+    # Everything the client was shown: no access or refresh token the OAuth server issued appears in it.
+    (issued,) = d.oauth.tokens_for("octo")
+    assert payload(call)["body"]["token_seen"] == REDACTED  # the API echoed the token; the model got it redacted
+    seen = json.dumps([result.model_dump(mode="json"), call.model_dump(mode="json"),
+                       listed.model_dump(mode="json"), offered])
+    for secret in (issued.access_token, issued.refresh_token):
+        assert secret and len(secret) >= 20 and secret not in seen
 
 
 async def test_connect_without_elicitation_returns_the_pending_link_to_the_model(
