@@ -19,8 +19,10 @@ from tests.fixtures.accounts import GoogleAccounts, connect_two_google_accounts
 PG_SERVER_URL = os.environ.get("ALTER_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 # Each run gets a database of its own (made in `pytest_configure`, dropped at the end), so two suites
 # running at once on one server never touch each other's tables.
-PG_URL = PG_SERVER_URL
-_PG_ERROR: str | None = None
+# pytest loads this file as `conftest`, and tests import it again as `tests.conftest`: the run's database
+# reaches both through the environment.
+PG_URL = os.environ.get("ALTER_TEST_PG_RUN_URL", PG_SERVER_URL)
+_PG_ERROR: str | None = os.environ.get("ALTER_TEST_PG_RUN_ERROR")
 
 
 def _pg_admin(sql: str) -> None:
@@ -46,13 +48,17 @@ def pytest_configure(config: pytest.Config) -> None:
     global PG_URL, _PG_ERROR
     from sqlalchemy.engine import make_url
 
+    PG_URL, _PG_ERROR = PG_SERVER_URL, None  # never a database inherited from an outer run
+    os.environ.pop("ALTER_TEST_PG_RUN_URL", None)
+    os.environ.pop("ALTER_TEST_PG_RUN_ERROR", None)
     name = f"alter_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     try:
         _pg_admin(f'CREATE DATABASE "{name}"')
     except Exception as exc:  # reported by `fresh_postgres` in the tests that need it
-        _PG_ERROR = f"{type(exc).__name__}: {exc}"
+        _PG_ERROR = os.environ["ALTER_TEST_PG_RUN_ERROR"] = f"{type(exc).__name__}: {exc}"
         return
     PG_URL = make_url(PG_SERVER_URL).set(database=name).render_as_string(hide_password=False)
+    os.environ["ALTER_TEST_PG_RUN_URL"] = PG_URL
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -274,7 +280,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
-        report.longrepr = f"skipped in CI, where every test must run: {reason}"
+        report.longrepr = f"skipped in CI, where every test must run: {reason.removeprefix('Skipped: ')}"
 
 
 LinkTwoGoogleAccounts = Callable[..., Awaitable[GoogleAccounts]]
