@@ -55,7 +55,7 @@ def inspector() -> list[str]:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not _installed():
                 done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR,
-                                      capture_output=True, text=True, timeout=600)
+                                      capture_output=True, text=True, timeout=240)
                 assert done.returncode == 0, f"npm ci in {NODE_DIR} failed:\n{done.stdout}{done.stderr}"
     candidates = [*(str(n) for n in BUNDLED_NODES if n.exists()), shutil.which("node")]
     node = next((n for n in candidates if n and _node_version(n) >= MIN_NODE), None)

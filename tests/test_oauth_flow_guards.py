@@ -60,6 +60,24 @@ async def test_a_replayed_callback_exchanges_no_second_code_and_makes_no_second_
     assert unknown_state.status_code >= 400 and "start connect again" in unknown_state.text
 
 
+async def test_a_connect_link_opens_only_its_own_provider_and_an_unknown_link_is_refused(
+    sqlite_deployment: Deployment, remote_app: tuple[App, VaultServerProcess]
+) -> None:
+    d = sqlite_deployment
+    app, server = remote_app
+    start = await app.vault.start_connect("github", headless=True)
+    link = httpx.URL(start.connect_url)
+    assert link.path.startswith("/connect/")
+    link_id = link.path.split("/")[2]
+    async with httpx.AsyncClient(timeout=10) as browser:
+        other = await browser.get(f"{server.url}/connect/{link_id}/google")
+        unknown = await browser.get(f"{server.url}/connect/not-a-link/github")
+        own = await browser.get(f"{server.url}/connect/{link_id}/github")
+    assert other.status_code == 404 and "unknown or expired" in other.text
+    assert unknown.status_code == 404 and "unknown or expired" in unknown.text
+    assert own.status_code == 302 and own.headers["location"].startswith(d.oauth.url)
+
+
 # -- the identity provider's keys -----------------------------------------------------------------
 
 def _closed_port_url() -> str:
