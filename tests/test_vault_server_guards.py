@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from alter_agents.vault.keys import generate_key
-from alter_agents.vault.server import MAX_BODY_BYTES
-from alter_agents.vault.signing import MAX_SKEW_SECONDS, sign
+from alter_agents.server.app import MAX_BODY_BYTES
+from alter_agents.server.keys import generate_key
+from alter_agents.server.signing import MAX_SKEW_SECONDS, sign
 from tests.conftest import make_deployment
 from tests.fixtures import IdentityProvider, OAuthServer, UpstreamAPI
 from tests.fixtures.vault_server import VaultServerProcess, mint_key
