@@ -63,6 +63,11 @@ def _with(name: str, value: str) -> Tamper:
     return lambda key, h: (BODY, {"x-api-key": key, **h, name: value})
 
 
+def _future() -> str:
+    """Read when the test runs, not when the module is collected."""
+    return str(int(time.time()) + MAX_SKEW_SECONDS + 60)
+
+
 def _typo(key: str) -> str:
     return key[:-1] + ("b" if key.endswith("a") else "a")
 
@@ -76,8 +81,8 @@ GUARDS: dict[str, tuple[Tamper, int, str]] = {
     "no nonce": (_without("X-Alter-Nonce"), 401, "missing_signature"),
     "no content hash": (_without("X-Alter-Content-SHA256"), 401, "missing_signature"),
     "a timestamp that is not a number": (_with("X-Alter-Timestamp", "yesterday"), 401, "stale_request"),
-    "a timestamp from the future": (_with("X-Alter-Timestamp", str(int(time.time()) + MAX_SKEW_SECONDS + 60)),
-                                    401, "stale_request"),
+    "a timestamp from the future": (lambda key, h: _with("X-Alter-Timestamp", _future())(key, h), 401,
+                                    "stale_request"),
     "a short nonce": (_with("X-Alter-Nonce", "abc"), 401, "invalid_nonce"),
     "a wrong content hash": (_with("X-Alter-Content-SHA256", "0" * 64), 401, "body_hash_mismatch"),
     "a signature that does not verify": (_with("X-Alter-Signature", "f" * 64), 401, "invalid_signature"),
