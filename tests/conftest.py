@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,14 +14,15 @@ from alter_agents import App, Settings
 from alter_agents.models import ConnectResult
 from alter_agents.vault.crypto import generate_key
 from tests.fixtures import AsyncBrowser, Browser, IdentityProvider, OAuthServer, UpstreamAPI
+from tests.fixtures.accounts import GoogleAccounts, connect_two_google_accounts
 
 PG_SERVER_URL = os.environ.get("ALTER_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 # Each run gets a database of its own (made in `pytest_configure`, dropped at the end), so two suites
 # running at once on one server never touch each other's tables.
-# Test modules import this file again as `tests.conftest` (pytest loaded it as `conftest`); that copy
-# reads the run's database from the environment, which `pytest_configure` sets before collection.
-PG_URL = os.environ.get("_ALTER_TEST_RUN_PG_URL", PG_SERVER_URL)
-_PG_ERROR: str | None = os.environ.get("_ALTER_TEST_RUN_PG_ERROR")
+# pytest loads this file as `conftest`, and tests import it again as `tests.conftest`: the run's database
+# reaches both through the environment.
+PG_URL = os.environ.get("ALTER_TEST_PG_RUN_URL", PG_SERVER_URL)
+_PG_ERROR: str | None = os.environ.get("ALTER_TEST_PG_RUN_ERROR")
 
 
 def _pg_admin(sql: str) -> None:
@@ -47,19 +48,28 @@ def pytest_configure(config: pytest.Config) -> None:
     global PG_URL, _PG_ERROR
     from sqlalchemy.engine import make_url
 
+    PG_URL, _PG_ERROR = PG_SERVER_URL, None  # never a database inherited from an outer run
+    os.environ.pop("ALTER_TEST_PG_RUN_URL", None)
+    os.environ.pop("ALTER_TEST_PG_RUN_ERROR", None)
     name = f"alter_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     try:
         _pg_admin(f'CREATE DATABASE "{name}"')
     except Exception as exc:  # reported by `fresh_postgres` in the tests that need it
-        _PG_ERROR = os.environ["_ALTER_TEST_RUN_PG_ERROR"] = f"{type(exc).__name__}: {exc}"
+        _PG_ERROR = os.environ["ALTER_TEST_PG_RUN_ERROR"] = f"{type(exc).__name__}: {exc}"
         return
     PG_URL = make_url(PG_SERVER_URL).set(database=name).render_as_string(hide_password=False)
-    os.environ["_ALTER_TEST_RUN_PG_URL"] = PG_URL
+    os.environ["ALTER_TEST_PG_RUN_URL"] = PG_URL
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if PG_URL != PG_SERVER_URL:
         _pg_admin(f'DROP DATABASE IF EXISTS "{make_url_database(PG_URL)}" WITH (FORCE)')
+
+
+def with_coverage(env: dict[str, str]) -> dict[str, str]:
+    """`env` plus coverage.py's subprocess settings, for MCP clients that start servers with a bare environment
+    (docs/testing.md: under `coverage run` those servers are measured too)."""
+    return {**{k: v for k, v in os.environ.items() if k.startswith("COVERAGE_")}, **env}
 
 
 def make_url_database(url: str) -> str:
@@ -260,3 +270,30 @@ async def connect_as(
     await browser.aapprove(start.connect_url, user)
     status = await app.vault.wait_connect(start.session_id, 10)
     return status.results[0]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """In CI a skipped test is a failed one: the README's command must run every test on a fresh machine."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where every test must run: {reason.removeprefix('Skipped: ')}"
+
+
+LinkTwoGoogleAccounts = Callable[..., Awaitable[GoogleAccounts]]
+
+
+@pytest.fixture
+def alice_google(abrowser: AsyncBrowser) -> LinkTwoGoogleAccounts:
+    """Alice with two Google accounts: `await alice_google(app, token)` connects her personal and her
+    work account (labelled "work") in `app` through the consent page (`tests/fixtures/accounts.py`)."""
+
+    async def link(app: App, token: str | None, *, work_label: str | None = "work",
+                   personal_label: str | None = None) -> GoogleAccounts:
+        return await connect_two_google_accounts(app, abrowser, token, work_label=work_label,
+                                                 personal_label=personal_label)
+
+    return link

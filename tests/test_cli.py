@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
+import select
 import subprocess
 import sys
 import time
@@ -121,20 +123,11 @@ def test_the_installed_command_works_as_a_subprocess(sqlite_deployment: Deployme
     assert providers.returncode == 0, providers.stderr
     assert "github" in {r["provider"] for r in json.loads(providers.stdout)}
 
-    argv = [CLI, "secrets", "add", "stripe", "--owner", "group:eng", "--account", "acct_sub", "--json"]
-    env = {k: v for k, v in {**os.environ, **d.env}.items() if v is not None}
-    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env=env, text=True) as proc:
-        cmdline = b""
-        for _ in range(100):  # the kernel fills cmdline once exec has finished
-            if cmdline := Path(f"/proc/{proc.pid}/cmdline").read_bytes():
-                break
-            time.sleep(0.01)
-        out, err = proc.communicate(SECRET + "\n", timeout=60)
-    assert proc.returncode == 0, err
-    assert b"secrets\0add\0stripe" in cmdline and SECRET.encode() not in cmdline
-    assert SECRET not in out + err
-    grant = json.loads(out)
+    added = _run(d, "secrets", "add", "stripe", "--owner", "group:eng", "--account", "acct_sub", "--json",
+                 input=SECRET + "\n")
+    assert added.returncode == 0, added.stderr
+    assert SECRET not in added.stdout + added.stderr
+    grant = json.loads(added.stdout)
     assert (grant["owner"], grant["account"]) == ("group:eng", "acct_sub")
 
     listed = _run(d, "grants", "list", "--json")
@@ -148,3 +141,59 @@ def test_the_installed_command_works_as_a_subprocess(sqlite_deployment: Deployme
     again = _run(d, "grants", "revoke", grant["grant_id"])
     assert again.returncode == 1 and again.stdout == ""
     assert again.stderr.startswith("error: ") and len(again.stderr.splitlines()) == 1
+
+
+def _on_a_terminal(argv: list[str], env: dict[str, str], typed: str) -> tuple[int, str, bytes, bytes]:
+    """Run `argv` with a pseudo-terminal as its controlling terminal, as a person at a shell does; type
+    `typed` once it prompts. Returns the exit status, everything the terminal showed, and the process's
+    own /proc cmdline and environ read while it waited at the prompt."""
+    leader, follower = pty.openpty()
+    launcher = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+                "os.execv(sys.argv[1], sys.argv[1:])")
+    proc = subprocess.Popen([sys.executable, "-c", launcher, *argv], stdin=follower, stdout=follower,
+                            stderr=follower, env=env, start_new_session=True)
+    os.close(follower)
+    shown = b""
+    deadline = time.monotonic() + 60
+    while b"secret:" not in shown and time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.5)
+        if ready:
+            shown += os.read(leader, 4096)
+    cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+    environ = Path(f"/proc/{proc.pid}/environ").read_bytes()
+    os.write(leader, typed.encode() + b"\r")
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the command exited and closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    return proc.wait(30), shown.decode(errors="replace"), cmdline, environ
+
+
+def test_a_secret_typed_at_the_prompt_is_never_shown_and_never_in_the_process_arguments(
+    sqlite_deployment: Deployment,
+) -> None:
+    d = sqlite_deployment
+    d.upstream.add_secret(SECRET, "acct-tty")
+    env = {k: v for k, v in {**os.environ, **d.env}.items() if v is not None}
+    status, shown, cmdline, environ = _on_a_terminal(
+        [CLI, "secrets", "add", "keyed", "--owner", "user:alice", "--account", "acct-tty"], env, SECRET)
+    assert status == 0, shown
+    assert "keyed secret:" in shown and "acct-tty" in shown  # the prompt, then the confirmation
+    assert SECRET not in shown  # the terminal did not echo what was typed
+    assert b"\0secrets\0add\0keyed\0" in cmdline  # the real process, read while it held the prompt
+    assert SECRET.encode() not in cmdline + environ
+    store = Path(d.settings.vault_url.split("///", 1)[1]).read_bytes()  # type: ignore[union-attr]
+    assert SECRET.encode() not in store  # kept encrypted at rest
+
+    async def call() -> str:  # what was typed is what the vault sends to the provider
+        async with d.app() as app:
+            response = await app.request("GET", d.upstream.echo_url("x"), provider="keyed",
+                                         user_token=d.idp.issue("alice"))
+            return str(response.json_body()["account"])
+
+    assert asyncio.run(call()) == "acct-tty"

@@ -37,7 +37,7 @@ from alter_agents.sessions import Session
 from mcp_server import build_server
 from mcp_server.auth import session_jwt
 from mcp_server.http import build_http
-from tests.conftest import Deployment, connect_as
+from tests.conftest import Deployment, LinkTwoGoogleAccounts, connect_as, with_coverage
 from tests.fixtures import AsyncBrowser, UpstreamAPI
 from tests.mcp_support import ERAS, payload
 
@@ -108,13 +108,6 @@ def error_of(message: ToolMessage) -> dict[str, Any]:
     return dict(json.loads(str(message.content))["error"])
 
 
-async def alice_with_two_google_accounts(app: App, d: Deployment, abrowser: AsyncBrowser) -> str:
-    alice = d.idp.issue("alice")
-    await connect_as(app, abrowser, "google", "alice@gmail.com", alice)
-    await connect_as(app, abrowser, "google", "alice@acme.com", alice, label="work")
-    return alice
-
-
 # -- schema -------------------------------------------------------------------------------------
 
 
@@ -156,10 +149,11 @@ def test_a_tool_name_that_clashes_with_request_is_refused(app: App) -> None:
 
 
 async def test_langchain_ambiguity_is_a_structured_error_and_the_retry_with_account_succeeds(
-    app: App, sqlite_deployment: Deployment, abrowser: AsyncBrowser, tools: list[GrantTool]
+    app: App, sqlite_deployment: Deployment, alice_google: LinkTwoGoogleAccounts, tools: list[GrantTool]
 ) -> None:
     d = sqlite_deployment
-    alice = await alice_with_two_google_accounts(app, d, abrowser)
+    alice = d.idp.issue("alice")
+    await alice_google(app, alice)
     events = langchain_tools(app, UserSession(), tools)["calendar_events"]
     first = await invoke(events, {"day": "2026-11-03"}, user_config(alice))
     error = error_of(first)
@@ -174,9 +168,10 @@ async def test_langchain_ambiguity_is_a_structured_error_and_the_retry_with_acco
 
 @pytest.mark.parametrize("mode", ERAS)
 async def test_mcp_ambiguity_is_a_structured_error_and_the_retry_with_account_succeeds(
-    app: App, sqlite_deployment: Deployment, abrowser: AsyncBrowser, tools: list[GrantTool], mode: str
+    app: App, sqlite_deployment: Deployment, alice_google: LinkTwoGoogleAccounts, tools: list[GrantTool], mode: str
 ) -> None:
-    alice = await alice_with_two_google_accounts(app, sqlite_deployment, abrowser)
+    alice = sqlite_deployment.idp.issue("alice")
+    await alice_google(app, alice)
     async with Client(build_server(app, UserSession(alice), extra_tools=tools), mode=mode) as client:
         first = await client.call_tool("calendar_events", {"day": "2026-11-03"})
         retry = await client.call_tool("calendar_events", {"day": "2026-11-03", "account": "alice@gmail.com"})
@@ -190,9 +185,10 @@ async def test_mcp_ambiguity_is_a_structured_error_and_the_retry_with_account_su
 
 @pytest.mark.parametrize("mode", ERAS)
 async def test_a_client_that_can_ask_lets_the_human_choose_for_a_custom_tool(
-    app: App, sqlite_deployment: Deployment, abrowser: AsyncBrowser, tools: list[GrantTool], mode: str
+    app: App, sqlite_deployment: Deployment, alice_google: LinkTwoGoogleAccounts, tools: list[GrantTool], mode: str
 ) -> None:
-    alice = await alice_with_two_google_accounts(app, sqlite_deployment, abrowser)
+    alice = sqlite_deployment.idp.issue("alice")
+    await alice_google(app, alice)
     asked: list[ElicitRequestFormParams] = []
 
     async def human(_ctx: Any, params: Any) -> ElicitResult:
@@ -253,10 +249,11 @@ async def test_a_pinned_grant_session_has_no_account_argument_and_reaches_only_t
 
 
 async def test_a_labelled_tool_uses_that_account_and_leaves_the_sessions_choice_alone(
-    app: App, sqlite_deployment: Deployment, abrowser: AsyncBrowser, tools: list[GrantTool]
+    app: App, sqlite_deployment: Deployment, alice_google: LinkTwoGoogleAccounts, tools: list[GrantTool]
 ) -> None:
     d = sqlite_deployment
-    alice = await alice_with_two_google_accounts(app, d, abrowser)
+    alice = d.idp.issue("alice")
+    await alice_google(app, alice)
     lc = langchain_tools(app, UserSession(alice), tools)
     work = await invoke(lc["work_calendar"], {"day": "2026-11-03"})
     generic = await invoke(lc["request"], {"url": d.upstream.echo_url("x"), "provider": "google"})
@@ -422,7 +419,7 @@ async def test_the_mcp_command_serves_tools_named_with_dash_dash_tools(
     async with d.app() as app:
         await connect_as(app, abrowser, "google", "me@gmail.com", None)
     env = {**d.env, "CUSTOM_TOOLS_API": d.upstream.url}
-    server = StdioServerParameters(command=sys.executable, env=env, cwd=str(ROOT),
+    server = StdioServerParameters(command=sys.executable, env=with_coverage(env), cwd=str(ROOT),
                                    args=["-m", "mcp_server", "--tools", "tests.test_custom_tools:STDIO_TOOLS"])
     with anyio.fail_after(60):
         async with Client(server) as client:

@@ -25,7 +25,7 @@ from alter_agents import GrantSession, LocalSession, UserSession
 from alter_agents.langchain import AlterToolkit, user_config
 from alter_agents.models import AccountRef, ConnectStart, ToolErrorPayload
 from alter_agents.tools import RequestResult
-from tests.conftest import Deployment, connect_as
+from tests.conftest import Deployment, LinkTwoGoogleAccounts, connect_as
 from tests.fixtures import AsyncBrowser
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -78,13 +78,12 @@ def error_of(message: ToolMessage) -> dict[str, Any]:
 
 
 async def test_ambiguous_google_accounts_ask_the_model_to_choose(
-    deployment: Deployment, abrowser: AsyncBrowser
+    deployment: Deployment, alice_google: LinkTwoGoogleAccounts
 ) -> None:
     d = deployment
     app = d.app()
     alice = d.idp.issue("alice")
-    await connect_as(app, abrowser, "google", "alice@gmail.com", alice)
-    await connect_as(app, abrowser, "google", "alice@acme.com", alice, label="work")
+    await alice_google(app, alice)
     inbox = d.upstream.echo_url("inbox")
 
     def retry_with_work_account(messages: list[BaseMessage]) -> AIMessage:
@@ -160,14 +159,13 @@ async def test_pinned_grant_hides_provider_and_account_from_the_model(
 
 
 async def test_one_toolkit_serving_two_users_concurrently_never_mixes_their_grants(
-    deployment: Deployment, abrowser: AsyncBrowser
+    deployment: Deployment, abrowser: AsyncBrowser, alice_google: LinkTwoGoogleAccounts
 ) -> None:
     d = deployment
     app = d.app()
     tokens = {"alice": d.idp.issue("alice"), "bob": d.idp.issue("bob")}
-    for user in tokens:
-        await connect_as(app, abrowser, "google", f"{user}@gmail.com", tokens[user])
-    await connect_as(app, abrowser, "google", "alice@acme.com", tokens["alice"], label="work")
+    await alice_google(app, tokens["alice"])
+    await connect_as(app, abrowser, "google", "bob@gmail.com", tokens["bob"])
     request, _connect = AlterToolkit(app).get_tools()
 
     async def invoke(i: int) -> tuple[str, ToolMessage]:

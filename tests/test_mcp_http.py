@@ -18,7 +18,7 @@ from alter_agents.sessions import GrantSession, LocalSession, UserSession
 from alter_agents.settings import Settings
 from mcp_server import GRANTS_URI
 from mcp_server.auth import session_jwt
-from tests.conftest import Deployment
+from tests.conftest import Deployment, LinkTwoGoogleAccounts
 from tests.fixtures import AsyncBrowser
 from tests.mcp_support import ERAS, RunningHttp, http_server, link, payload
 
@@ -36,13 +36,12 @@ def per_user(_settings: Settings) -> UserSession:
 
 @pytest.mark.parametrize("mode", ERAS)
 async def test_each_request_acts_for_its_bearer_and_ambiguity_goes_to_the_model(
-    sqlite_deployment: Deployment, abrowser: AsyncBrowser, mode: str
+    sqlite_deployment: Deployment, alice_google: LinkTwoGoogleAccounts, mode: str
 ) -> None:
     d = sqlite_deployment
     alice = d.idp.issue("alice")
     async with http_server(d, per_user) as srv:
-        await link(srv.app, abrowser, "google", "alice@gmail.com", alice)
-        await link(srv.app, abrowser, "google", "alice@acme.com", alice, label="work")
+        await alice_google(srv.app, alice)
         url = f"{d.upstream.url}/echo/x"
         with anyio.fail_after(30):
             async with srv.client(alice, mode) as client:
@@ -259,7 +258,7 @@ async def test_alter_agents_mcp_over_http_prints_its_local_token_once_and_serves
 
 @pytest.mark.parametrize("mode", ERAS)
 async def test_over_http_the_human_picks_the_account_in_a_form(
-    sqlite_deployment: Deployment, abrowser: AsyncBrowser, mode: str
+    sqlite_deployment: Deployment, alice_google: LinkTwoGoogleAccounts, mode: str
 ) -> None:
     d = sqlite_deployment
     alice = d.idp.issue("alice")
@@ -269,8 +268,7 @@ async def test_over_http_the_human_picks_the_account_in_a_form(
         return ElicitResult(action="accept", content={"account": "alice@acme.com"})
 
     async with http_server(d, per_user) as srv:
-        await link(srv.app, abrowser, "google", "alice@gmail.com", alice)
-        await link(srv.app, abrowser, "google", "alice@acme.com", alice, label="work")
+        await alice_google(srv.app, alice)
         with anyio.fail_after(30):
             async with srv.client(alice, mode, elicitation_callback=human) as client:
                 result = await client.call_tool("request", {"url": f"{d.upstream.url}/echo/x", "provider": "google"})

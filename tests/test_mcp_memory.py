@@ -13,8 +13,9 @@ from mcp_types import ElicitRequestFormParams, ElicitRequestURLParams, ElicitRes
 from alter_agents import App
 from alter_agents.sessions import GrantSession, LocalSession, UserSession
 from alter_agents.tools import CONNECT_DESCRIPTION, REQUEST_DESCRIPTION
+from alter_agents.upstream import REDACTED
 from mcp_server import GRANTS_URI, build_server
-from tests.conftest import Deployment
+from tests.conftest import Deployment, LinkTwoGoogleAccounts
 from tests.fixtures import AsyncBrowser
 from tests.mcp_support import ERAS, link, payload
 
@@ -68,12 +69,11 @@ async def test_a_pinned_grant_session_offers_no_provider_account_or_connect(
 
 @pytest.mark.parametrize("mode", ERAS)
 async def test_ambiguous_google_accounts_ask_the_model_to_choose(
-    app: App, sqlite_deployment: Deployment, abrowser: AsyncBrowser, mode: str
+    app: App, sqlite_deployment: Deployment, alice_google: LinkTwoGoogleAccounts, mode: str
 ) -> None:
     d = sqlite_deployment
     alice = d.idp.issue("alice")
-    await link(app, abrowser, "google", "alice@gmail.com", alice)
-    await link(app, abrowser, "google", "alice@acme.com", alice, label="work")
+    await alice_google(app, alice)
     url = f"{d.upstream.url}/echo/calendar"
     async with Client(build_server(app, UserSession(alice)), mode=mode) as client:
         first = await client.call_tool("request", {"url": url, "provider": "google"})
@@ -89,12 +89,11 @@ async def test_ambiguous_google_accounts_ask_the_model_to_choose(
 
 @pytest.mark.parametrize("mode", ERAS)
 async def test_a_client_that_can_ask_lets_the_human_choose_the_account(
-    app: App, sqlite_deployment: Deployment, abrowser: AsyncBrowser, mode: str
+    app: App, sqlite_deployment: Deployment, alice_google: LinkTwoGoogleAccounts, mode: str
 ) -> None:
     d = sqlite_deployment
     alice = d.idp.issue("alice")
-    await link(app, abrowser, "google", "alice@gmail.com", alice)
-    await link(app, abrowser, "google", "alice@acme.com", alice, label="work")
+    await alice_google(app, alice)
     asked: list[ElicitRequestFormParams] = []
 
     async def human(_ctx: Any, params: Any) -> ElicitResult:
@@ -112,12 +111,11 @@ async def test_a_client_that_can_ask_lets_the_human_choose_the_account(
 
 @pytest.mark.parametrize("mode", ERAS)
 async def test_when_the_human_declines_the_model_gets_the_choice(
-    app: App, sqlite_deployment: Deployment, abrowser: AsyncBrowser, mode: str
+    app: App, sqlite_deployment: Deployment, alice_google: LinkTwoGoogleAccounts, mode: str
 ) -> None:
     d = sqlite_deployment
     alice = d.idp.issue("alice")
-    await link(app, abrowser, "google", "alice@gmail.com", alice)
-    await link(app, abrowser, "google", "alice@acme.com", alice)
+    await alice_google(app, alice, work_label=None)
 
     async def human(_ctx: Any, _params: Any) -> ElicitResult:
         return ElicitResult(action="decline")
@@ -161,14 +159,20 @@ async def test_connect_offers_its_url_to_the_human_and_reports_progress(
             body = payload(result)
             assert body["status"] == "connected"
             assert body["grant"]["account"] == "octo"
-            call = await client.call_tool("request", {"url": f"{d.upstream.url}/echo/x", "provider": "github"})
+            call = await client.call_tool("request", {"url": f"{d.upstream.url}/reflect", "provider": "github"})
             assert payload(call)["body"]["account"] == "octo"
             listed = await client.read_resource(GRANTS_URI)
     assert offered and offered[0].startswith(d.oauth.url)
     assert progress, "no progress notification arrived while connect waited"
     grants = json.loads(listed.contents[0].text)["grants"]  # type: ignore[union-attr]
     assert [(g["provider"], g["account"], g["status"]) for g in grants] == [("github", "octo", "active")]
-    assert "token" not in listed.contents[0].text  # type: ignore[union-attr]
+    # Everything the client was shown: no access or refresh token the OAuth server issued appears in it.
+    (issued,) = d.oauth.tokens_for("octo")
+    assert payload(call)["body"]["token_seen"] == REDACTED  # the API echoed the token; the model got it redacted
+    seen = json.dumps([result.model_dump(mode="json"), call.model_dump(mode="json"),
+                       listed.model_dump(mode="json"), offered])
+    for secret in (issued.access_token, issued.refresh_token):
+        assert secret and len(secret) >= 20 and secret not in seen
 
 
 async def test_connect_without_elicitation_returns_the_pending_link_to_the_model(

@@ -11,8 +11,9 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp_types import ElicitRequestFormParams, ElicitResult
 
-from tests.conftest import Deployment
+from tests.conftest import Deployment, LinkTwoGoogleAccounts, with_coverage
 from tests.fixtures import AsyncBrowser
+from tests.fixtures.accounts import ALICE_PERSONAL, ALICE_WORK
 from tests.mcp_support import ERAS, link, payload
 
 pytestmark = pytest.mark.timeout(90)
@@ -20,46 +21,45 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def stdio(env: dict[str, str], *args: str) -> StdioServerParameters:
-    return StdioServerParameters(command=sys.executable, args=["-m", "mcp_server", *args], env=env, cwd=str(ROOT))
+    return StdioServerParameters(command=sys.executable, args=["-m", "mcp_server", *args], env=with_coverage(env),
+                                 cwd=str(ROOT))
 
 
 @pytest.mark.parametrize("mode", ERAS)
 async def test_claude_desktop_style_local_server_resolves_and_asks_the_model_to_choose(
-    sqlite_deployment: Deployment, abrowser: AsyncBrowser, mode: str
+    sqlite_deployment: Deployment, alice_google: LinkTwoGoogleAccounts, mode: str
 ) -> None:
     d = sqlite_deployment.local()
     async with d.app() as app:
-        await link(app, abrowser, "google", "me@gmail.com", None)
-        await link(app, abrowser, "google", "me@work.com", None, label="work")
+        await alice_google(app, None)
     url = f"{d.upstream.url}/echo/inbox"
     with anyio.fail_after(60):
         async with Client(stdio(d.env), mode=mode) as client:
             names = {t.name for t in (await client.list_tools()).tools}
             ambiguous = await client.call_tool("request", {"url": url, "provider": "google"})
-            chosen = await client.call_tool("request", {"url": url, "provider": "google", "account": "me@work.com"})
+            chosen = await client.call_tool("request", {"url": url, "provider": "google", "account": ALICE_WORK})
     assert names == {"request", "connect"}
     assert ambiguous.is_error and payload(ambiguous)["error"]["code"] == "ambiguous_grant"
-    assert payload(chosen)["body"]["account"] == "me@work.com"
+    assert payload(chosen)["body"]["account"] == ALICE_WORK
 
 
 @pytest.mark.parametrize("mode", ERAS)
 async def test_over_stdio_the_human_can_pick_the_account(
-    sqlite_deployment: Deployment, abrowser: AsyncBrowser, mode: str
+    sqlite_deployment: Deployment, alice_google: LinkTwoGoogleAccounts, mode: str
 ) -> None:
     d = sqlite_deployment.local()
     async with d.app() as app:
-        await link(app, abrowser, "google", "me@gmail.com", None)
-        await link(app, abrowser, "google", "me@work.com", None, label="work")
+        await alice_google(app, None)
 
     async def human(_ctx: Any, params: Any) -> ElicitResult:
         assert isinstance(params, ElicitRequestFormParams)
-        return ElicitResult(action="accept", content={"account": "me@gmail.com"})
+        return ElicitResult(action="accept", content={"account": ALICE_PERSONAL})
 
     with anyio.fail_after(60):
         async with Client(stdio(d.env), mode=mode, elicitation_callback=human) as client:
             result = await client.call_tool("request", {"url": f"{d.upstream.url}/echo/x", "provider": "google"})
     assert not result.is_error, result
-    assert payload(result)["body"]["account"] == "me@gmail.com"
+    assert payload(result)["body"]["account"] == ALICE_PERSONAL
 
 
 async def test_the_user_token_file_is_read_again_when_it_changes(
@@ -83,15 +83,14 @@ async def test_the_user_token_file_is_read_again_when_it_changes(
 
 
 async def test_a_pinned_grant_over_stdio_reaches_only_that_grant(
-    sqlite_deployment: Deployment, abrowser: AsyncBrowser
+    sqlite_deployment: Deployment, alice_google: LinkTwoGoogleAccounts
 ) -> None:
     d = sqlite_deployment.local()
     async with d.app() as app:
-        pinned = await link(app, abrowser, "google", "me@work.com", None)
-        await link(app, abrowser, "google", "me@gmail.com", None)
+        pinned = (await alice_google(app, None)).work
     with anyio.fail_after(60):
         async with Client(stdio(d.env, "--grant-id", pinned.grant_id)) as client:
             tools = {t.name: t for t in (await client.list_tools()).tools}
             result = await client.call_tool("request", {"url": f"{d.upstream.url}/echo/x"})
     assert set(tools) == {"request"} and "account" not in tools["request"].input_schema["properties"]
-    assert payload(result)["body"]["account"] == "me@work.com"
+    assert payload(result)["body"]["account"] == ALICE_WORK

@@ -22,7 +22,7 @@ from alter_agents.server.keys import generate_key
 from alter_agents.sessions import HeadlessSession, UserSession
 from alter_agents.tools import AlterTools, CallContext
 from alter_agents.vault.remote import RemoteVault
-from tests.conftest import Deployment
+from tests.conftest import Deployment, LinkTwoGoogleAccounts, with_coverage
 from tests.fixtures import AsyncBrowser
 from tests.fixtures.vault_server import VaultServerProcess, mint_key
 
@@ -94,13 +94,12 @@ async def test_app_with_base_url_calls_as_the_user_and_names_both_accounts_when_
 
 
 async def test_the_model_gets_the_same_ambiguity_error_from_a_remote_vault_as_from_the_embedded_one(
-    remote: Remote, abrowser: AsyncBrowser
+    remote: Remote, alice_google: LinkTwoGoogleAccounts
 ) -> None:
     alice = remote.deployment.idp.issue("alice")
     args = {"url": f"{remote.deployment.upstream.url}/echo/x", "provider": "google"}
     async with remote.app() as app, remote.deployment.app() as embedded:
-        await connect(app, abrowser, "google", "alice@gmail.com", alice)
-        await connect(app, abrowser, "google", "alice@acme.com", alice)
+        await alice_google(app, alice, work_label=None)
         over_http = await AlterTools(app, UserSession(alice)).run_request(args, CallContext())
         in_process = await AlterTools(embedded, UserSession(alice)).run_request(args, CallContext())
     assert over_http == in_process
@@ -196,7 +195,7 @@ async def test_the_mcp_server_can_use_a_vault_server_instead_of_the_embedded_vau
     # The MCP process gets no store of its own: only the vault server's URL and key.
     env = {k: v for k, v in d.env.items() if k not in ("ALTER_VAULT_URL", "ALTER_VAULT_KEY")}
     env |= {"ALTER_BASE_URL": remote.server.url, "ALTER_API_KEY": remote.key, "ALTER_USER_TOKEN": alice}
-    params = StdioServerParameters(command=sys.executable, args=["-m", "mcp_server"], env=env)
+    params = StdioServerParameters(command=sys.executable, args=["-m", "mcp_server"], env=with_coverage(env))
     async with Client(params) as client:  # type: ignore[arg-type]
         result = await client.call_tool("request", {"url": f"{d.upstream.url}/echo/via-server", "provider": "github"})
     assert not result.is_error, result

@@ -13,7 +13,7 @@ from alter_agents import (
     NotConnectedError,
 )
 from alter_agents.models import APP, ConnectStart, Principal
-from tests.conftest import Deployment, connect_as
+from tests.conftest import Deployment, LinkTwoGoogleAccounts, connect_as
 from tests.fixtures import AsyncBrowser
 
 
@@ -31,13 +31,12 @@ async def test_the_users_jwt_picks_their_own_grant(sqlite_deployment: Deployment
 
 
 async def test_ambiguous_google_accounts_ask_the_model_to_choose(
-    sqlite_deployment: Deployment, abrowser: AsyncBrowser
+    sqlite_deployment: Deployment, alice_google: LinkTwoGoogleAccounts
 ) -> None:
     d = sqlite_deployment
     async with d.app() as app:
         alice = d.idp.issue("alice")
-        await connect_as(app, abrowser, "google", "alice@gmail.com", alice)
-        await connect_as(app, abrowser, "google", "alice@acme.com", alice, label="work")
+        await alice_google(app, alice)
         with pytest.raises(AmbiguousGrantError) as info:
             await app.request("GET", d.upstream.echo_url("x"), provider="google", user_token=alice)
     error = info.value
@@ -51,13 +50,12 @@ async def test_ambiguous_google_accounts_ask_the_model_to_choose(
 
 
 async def test_account_chooses_by_identifier_or_by_label(
-    sqlite_deployment: Deployment, abrowser: AsyncBrowser
+    sqlite_deployment: Deployment, alice_google: LinkTwoGoogleAccounts
 ) -> None:
     d = sqlite_deployment
     async with d.app() as app:
         alice = d.idp.issue("alice")
-        await connect_as(app, abrowser, "google", "alice@gmail.com", alice, label="personal")
-        await connect_as(app, abrowser, "google", "alice@acme.com", alice, label="work")
+        await alice_google(app, alice, personal_label="personal")
         for account, expected in (("work", "alice@acme.com"), ("ALICE@gmail.com", "alice@gmail.com"),
                                   ("personal", "alice@gmail.com"), ("alice@acme.com", "alice@acme.com")):
             response = await app.request("GET", d.upstream.echo_url("x"), provider="google", user_token=alice,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
+import pytest
 
 from alter_agents import App
 from alter_agents.errors import ERROR_CODES
@@ -16,8 +18,9 @@ from alter_agents.sessions import GrantSession, HeadlessSession, LocalSession, U
 from alter_agents.tools import AlterTools, CallContext, ConnectResultOut, GrantRequestArgs, RequestArgs, RequestResult
 from alter_agents.upstream import Upstream
 from alter_agents.vault.crypto import generate_key
-from tests.conftest import Deployment, connect_as
+from tests.conftest import Deployment, LinkTwoGoogleAccounts, connect_as
 from tests.fixtures import AsyncBrowser
+from tests.fixtures.accounts import ALICE_PERSONAL, ALICE_WORK
 
 
 def approving(browser: AsyncBrowser, user: str) -> Any:
@@ -126,94 +129,175 @@ async def test_provider_is_inferred_only_when_one_provider_claims_the_host(sqlit
     await app.aclose()
 
 
-async def test_every_documented_error_code_reaches_the_model_with_its_data(
-    sqlite_deployment: Deployment, abrowser: AsyncBrowser
-) -> None:
-    d = sqlite_deployment
-    seen: dict[str, dict[str, Any]] = {}
+@dataclass
+class Story:
+    """What each error story starts from: a deployment, a browser, Alice's token and tools."""
 
-    def record(outcome: object) -> dict[str, Any]:
-        assert isinstance(outcome, ToolErrorPayload), outcome
-        body = outcome.error.model_dump(exclude_none=True)
-        assert set(body) >= {"code", "message", "retryable", "user_action"}
-        seen[body["code"]] = body
-        return body
+    d: Deployment
+    browser: AsyncBrowser
+    alice_google: LinkTwoGoogleAccounts
+    app: App
 
-    app = d.app(upstream=Upstream(timeout=0.5))
-    alice, bob = d.idp.issue("alice"), d.idp.issue("bob")
-    as_alice = AlterTools(app, UserSession(alice))
-    echo = d.upstream.echo_url("x")
+    @property
+    def echo(self) -> str:
+        return self.d.upstream.echo_url("x")
 
-    e = record(await as_alice.run_request({"url": echo, "provider": "google"}))
-    assert e["code"] == "not_connected" and e["provider"] == "google" and e["user_action"] == "connect"
+    def alice(self) -> str:
+        return self.d.idp.issue("alice")
 
-    await connect_as(app, abrowser, "google", "alice@gmail.com", alice)
-    await connect_as(app, abrowser, "google", "alice@acme.com", alice, label="work")
-    e = record(await as_alice.run_request({"url": echo, "provider": "google"}))
-    assert e["code"] == "ambiguous_grant" and e["user_action"] == "choose_account" and e["retryable"] is True
-    assert {a["account"] for a in e["accounts"]} == {"alice@gmail.com", "alice@acme.com"}
-    assert {"account": "alice@acme.com", "label": "work"} in [
-        {k: a.get(k) for k in ("account", "label")} for a in e["accounts"]]
 
-    bobs = await connect_as(app, abrowser, "google", "bob@gmail.com", bob)
-    e = record(await AlterTools(app, GrantSession(bobs.grant_id)).run_request({"url": echo}, _as(alice)))
-    assert e["code"] == "grant_not_found" and e["grant_id"] == bobs.grant_id
+Outcome = RequestResult | ConnectResultOut | ToolErrorPayload
+ERROR_STORIES: dict[str, Callable[[Story], Awaitable[tuple[Outcome, Callable[[dict[str, Any]], bool]]]]] = {}
 
-    local_host = echo.replace("127.0.0.1", "localhost")
-    e = record(await as_alice.run_request({"url": local_host, "provider": "google", "account": "work"}))
-    assert e["code"] == "host_not_allowed" and e["allowed_hosts"] == ["127.0.0.1"] and e["provider"] == "google"
 
-    e = record(await as_alice.run_request({"url": echo, "provider": "gogle"}))
-    assert e["code"] == "unknown_provider" and "google" in e["known_providers"]
+def story(code: str) -> Callable[[Any], Any]:
+    def register(fn: Any) -> Any:
+        ERROR_STORIES[code] = fn
+        return fn
+    return register
 
-    e = record(await as_alice.run_request({"method": "FETCH", "url": echo}))
-    assert e["code"] == "invalid_arguments" and "method" in e["message"] and e["user_action"] == "fix_arguments"
 
-    forged = AlterTools(app, UserSession(d.idp.forge("alice")))
-    e = record(await forged.run_request({"url": echo, "provider": "google"}))
-    assert e["code"] == "unauthenticated"
-    no_token = await AlterTools(app, UserSession()).run_request({"url": echo, "provider": "google"})
+@story("not_connected")
+async def _not_connected(s: Story) -> Any:
+    outcome = await AlterTools(s.app, UserSession(s.alice())).run_request({"url": s.echo, "provider": "google"})
+    return outcome, lambda e: e["provider"] == "google" and e["user_action"] == "connect"
+
+
+@story("ambiguous_grant")
+async def _ambiguous_grant(s: Story) -> Any:
+    alice = s.alice()
+    await s.alice_google(s.app, alice)
+    outcome = await AlterTools(s.app, UserSession(alice)).run_request({"url": s.echo, "provider": "google"})
+
+    def check(e: dict[str, Any]) -> bool:
+        accounts = [{k: a.get(k) for k in ("account", "label")} for a in e["accounts"]]
+        return (e["user_action"], e["retryable"]) == ("choose_account", True) and sorted(
+            accounts, key=str) == sorted([{"account": ALICE_PERSONAL, "label": None},
+                                          {"account": ALICE_WORK, "label": "work"}], key=str)
+    return outcome, check
+
+
+@story("grant_not_found")
+async def _grant_not_found(s: Story) -> Any:
+    bobs = await connect_as(s.app, s.browser, "google", "bob@gmail.com", s.d.idp.issue("bob"))
+    outcome = await AlterTools(s.app, GrantSession(bobs.grant_id)).run_request({"url": s.echo}, _as(s.alice()))
+    return outcome, lambda e: e["grant_id"] == bobs.grant_id
+
+
+@story("host_not_allowed")
+async def _host_not_allowed(s: Story) -> Any:
+    alice = s.alice()
+    await connect_as(s.app, s.browser, "google", ALICE_PERSONAL, alice)
+    local_host = s.echo.replace("127.0.0.1", "localhost")
+    outcome = await AlterTools(s.app, UserSession(alice)).run_request({"url": local_host, "provider": "google"})
+    return outcome, lambda e: e["allowed_hosts"] == ["127.0.0.1"] and e["provider"] == "google"
+
+
+@story("unknown_provider")
+async def _unknown_provider(s: Story) -> Any:
+    outcome = await AlterTools(s.app, UserSession(s.alice())).run_request({"url": s.echo, "provider": "gogle"})
+    return outcome, lambda e: "google" in e["known_providers"]
+
+
+@story("invalid_arguments")
+async def _invalid_arguments(s: Story) -> Any:
+    outcome = await AlterTools(s.app, UserSession(s.alice())).run_request({"method": "FETCH", "url": s.echo})
+    return outcome, lambda e: "method" in e["message"] and e["user_action"] == "fix_arguments"
+
+
+@story("unauthenticated")
+async def _unauthenticated(s: Story) -> Any:
+    no_token = await AlterTools(s.app, UserSession()).run_request({"url": s.echo, "provider": "google"})
     assert isinstance(no_token, ToolErrorPayload) and no_token.error.code == "unauthenticated"
+    forged = AlterTools(s.app, UserSession(s.d.idp.forge("alice")))
+    return await forged.run_request({"url": s.echo, "provider": "google"}), lambda e: e["retryable"] is False
 
-    slow = f"{d.upstream.url}/slow?s=1.5"
-    e = record(await as_alice.run_request({"url": slow, "provider": "google", "account": "work"}))
-    assert e["code"] == "upstream_timeout" and e["retryable"] is True and e["user_action"] == "retry_later"
 
-    e = record(await as_alice.run_request({"url": f"{d.upstream.url}/reset", "provider": "google",
-                                           "account": "work"}))
-    assert e["code"] == "upstream_unreachable" and e["retryable"] is True
+@story("upstream_timeout")
+async def _upstream_timeout(s: Story) -> Any:
+    alice = s.alice()
+    async with App(settings=s.d.settings, upstream=Upstream(timeout=0.5)) as app:
+        await connect_as(app, s.browser, "google", ALICE_PERSONAL, alice)
+        outcome = await AlterTools(app, UserSession(alice)).run_request(
+            {"url": f"{s.d.upstream.url}/slow?s=1.5", "provider": "google"})
+    return outcome, lambda e: e["retryable"] is True and e["user_action"] == "retry_later"
 
-    waiting = AlterTools(app, UserSession(alice), connect_wait=0.2)
+
+@story("upstream_unreachable")
+async def _upstream_unreachable(s: Story) -> Any:
+    alice = s.alice()
+    await connect_as(s.app, s.browser, "google", ALICE_PERSONAL, alice)
+    outcome = await AlterTools(s.app, UserSession(alice)).run_request(
+        {"url": f"{s.d.upstream.url}/reset", "provider": "google"})
+    return outcome, lambda e: e["retryable"] is True
+
+
+@story("connect_timeout")
+async def _connect_timeout(s: Story) -> Any:
+    waiting = AlterTools(s.app, UserSession(s.alice()), connect_wait=0.2)
     pending = await waiting.run_connect({"provider": "github"})
     assert isinstance(pending, ConnectResultOut) and pending.status == "pending"
-    await app.vault.store.finish_connect_session(_state(pending), "expired")  # type: ignore[attr-defined]
-    e = record(await waiting.run_connect({"provider": "github"}))
-    assert e["code"] == "connect_timeout" and e["provider"] == "github" and e["user_action"] == "connect"
+    await s.app.vault.store.finish_connect_session(_state(pending), "expired")  # type: ignore[attr-defined]
+    outcome = await waiting.run_connect({"provider": "github"})
+    return outcome, lambda e: e["provider"] == "github" and e["user_action"] == "connect"
 
-    denying = AlterTools(app, UserSession(alice), on_connect_url=lambda s: abrowser.adeny(s.connect_url))
-    e = record(await denying.run_connect({"provider": "github"}))
-    assert e["code"] == "connect_denied" and e["provider"] == "github"
 
-    # Access tokens that are due for refresh: the token endpoint first rate limits, then revokes.
-    d.oauth.access_token_ttl = 61
-    carol, dave = d.idp.issue("carol"), d.idp.issue("dave")
-    await connect_as(app, abrowser, "github", "carol-gh", carol)
-    await connect_as(app, abrowser, "github", "dave-gh", dave)
+@story("connect_denied")
+async def _connect_denied(s: Story) -> Any:
+    denying = AlterTools(s.app, UserSession(s.alice()), on_connect_url=lambda st: s.browser.adeny(st.connect_url))
+    return await denying.run_connect({"provider": "github"}), lambda e: e["provider"] == "github"
+
+
+async def _due_for_refresh(s: Story, user: str) -> str:
+    """`user`'s GitHub grant with an access token already inside its refresh window."""
+    s.d.oauth.access_token_ttl = 61
+    token = s.d.idp.issue(user)
+    await connect_as(s.app, s.browser, "github", f"{user}-gh", token)
     await asyncio.sleep(1.1)
-    d.oauth.fail_next_token_requests(4, status=429)
-    e = record(await AlterTools(app, UserSession(carol)).run_request({"url": echo, "provider": "github"}))
-    assert e["code"] == "rate_limited" and e["retryable"] is True and e["user_action"] == "retry_later"
-    d.oauth.invalidate_refresh_tokens()
-    e = record(await AlterTools(app, UserSession(dave)).run_request({"url": echo, "provider": "github"}))
-    assert e["code"] == "reauth_required" and e["user_action"] == "reauthorize" and e["account"] == "dave-gh"
-    await app.aclose()
+    return token
 
-    wrong_key = App(settings=replace(d.settings, vault_key=generate_key()))
-    e = record(await AlterTools(wrong_key, UserSession(alice)).run_request({"url": echo, "provider": "google"}))
-    assert e["code"] == "internal" and "ALTER_VAULT_KEY" in e["message"]
-    await wrong_key.aclose()
 
-    assert set(seen) == set(ERROR_CODES)
+@story("rate_limited")
+async def _rate_limited(s: Story) -> Any:
+    carol = await _due_for_refresh(s, "carol")
+    s.d.oauth.fail_next_token_requests(4, status=429)
+    outcome = await AlterTools(s.app, UserSession(carol)).run_request({"url": s.echo, "provider": "github"})
+    return outcome, lambda e: e["retryable"] is True and e["user_action"] == "retry_later"
+
+
+@story("reauth_required")
+async def _reauth_required(s: Story) -> Any:
+    dave = await _due_for_refresh(s, "dave")
+    s.d.oauth.invalidate_refresh_tokens()
+    outcome = await AlterTools(s.app, UserSession(dave)).run_request({"url": s.echo, "provider": "github"})
+    return outcome, lambda e: e["user_action"] == "reauthorize" and e["account"] == "dave-gh"
+
+
+@story("internal")
+async def _internal(s: Story) -> Any:
+    alice = s.alice()
+    await connect_as(s.app, s.browser, "google", ALICE_PERSONAL, alice)
+    async with App(settings=replace(s.d.settings, vault_key=generate_key())) as wrong_key:
+        outcome = await AlterTools(wrong_key, UserSession(alice)).run_request({"url": s.echo, "provider": "google"})
+    return outcome, lambda e: "ALTER_VAULT_KEY" in e["message"]
+
+
+def test_every_error_story_is_a_documented_code() -> None:
+    assert set(ERROR_STORIES) == set(ERROR_CODES)
+
+
+@pytest.mark.parametrize("code", ERROR_CODES)
+async def test_every_documented_error_code_reaches_the_model_with_its_data(
+    code: str, sqlite_deployment: Deployment, abrowser: AsyncBrowser, alice_google: LinkTwoGoogleAccounts
+) -> None:
+    assert code in ERROR_STORIES, f"no story in this file makes the tools return {code!r}"
+    async with sqlite_deployment.app() as app:
+        outcome, check = await ERROR_STORIES[code](Story(sqlite_deployment, abrowser, alice_google, app))
+    assert isinstance(outcome, ToolErrorPayload), outcome
+    body = outcome.error.model_dump(exclude_none=True)
+    assert set(body) >= {"code", "message", "retryable", "user_action"}
+    assert body["code"] == code
+    assert check(body), body
 
 
 def _as(token: str) -> CallContext:
@@ -226,13 +310,12 @@ def _state(pending: ConnectResultOut) -> str:
 
 
 async def test_choose_account_asks_the_human_instead_of_the_model(
-    sqlite_deployment: Deployment, abrowser: AsyncBrowser
+    sqlite_deployment: Deployment, alice_google: LinkTwoGoogleAccounts
 ) -> None:
     d = sqlite_deployment
     app = d.app()
     alice = d.idp.issue("alice")
-    await connect_as(app, abrowser, "google", "alice@gmail.com", alice)
-    await connect_as(app, abrowser, "google", "alice@acme.com", alice, label="work")
+    await alice_google(app, alice)
     asked: list[tuple[str, list[str]]] = []
     answer: list[str | None] = ["work"]
 
@@ -253,13 +336,12 @@ async def test_choose_account_asks_the_human_instead_of_the_model(
 
 
 async def test_a_chosen_account_sticks_for_the_session_per_user_and_can_be_turned_off(
-    sqlite_deployment: Deployment, abrowser: AsyncBrowser
+    sqlite_deployment: Deployment, abrowser: AsyncBrowser, alice_google: LinkTwoGoogleAccounts
 ) -> None:
     d = sqlite_deployment
     app = d.app()
     alice, bob = d.idp.issue("alice"), d.idp.issue("bob")
-    for user, label in (("alice@gmail.com", None), ("alice@acme.com", "work")):
-        await connect_as(app, abrowser, "google", user, alice, label=label)
+    await alice_google(app, alice)
     await connect_as(app, abrowser, "google", "bob@gmail.com", bob)
     await connect_as(app, abrowser, "google", "bob@acme.com", bob)
     echo = {"url": d.upstream.echo_url(), "provider": "google"}

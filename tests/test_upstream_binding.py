@@ -7,10 +7,12 @@ import base64
 import logging
 import urllib.parse
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import httpx
 import pytest
 
-from alter_agents import App, HostNotAllowedError, UpstreamTimeoutError, UpstreamUnreachableError
+from alter_agents import App, HostNotAllowedError, Settings, UpstreamTimeoutError, UpstreamUnreachableError
 from alter_agents.models import APP
 from alter_agents.upstream import REDACTED, Upstream, check_destination
 from tests.conftest import Deployment, connect_as
@@ -83,12 +85,30 @@ async def test_a_redirect_to_a_foreign_host_is_refused_before_it_is_followed(
     assert foreign.seen_credentials == []
 
 
-async def test_a_redirect_to_https_is_refused_when_http_was_allowed_only_for_loopback(
-    app: App, sqlite_deployment: Deployment
+async def test_a_redirect_to_plain_http_on_a_non_loopback_host_is_refused_for_its_scheme(
+    sqlite_deployment: Deployment, tmp_path: Path
 ) -> None:
-    upstream = sqlite_deployment.upstream
-    with pytest.raises(HostNotAllowedError):
-        await app.request("GET", _url(upstream, "redirect", to="http://example.com/x"), provider="keyed")
+    """`allow_http` covers loopback only. 0.0.0.0 is one of this provider's hosts and is not a loopback
+    address, yet a connection to it stays on this machine, so a broken guard would leak nothing off it."""
+    d = sqlite_deployment.local()
+    d.upstream.add_secret(SECRET, "acct-1")
+    providers = tmp_path / "lan.toml"
+    providers.write_text('[providers.lan]\nkind = "secret"\nhosts = ["127.0.0.1", "0.0.0.0"]\nallow_http = true\n'
+                         'inject = { header = "X-Api-Key", format = "{token}" }\n', "utf-8")
+    port = httpx.URL(d.upstream.url).port
+    async with App(settings=Settings.from_env({**d.env, "ALTER_PROVIDERS_FILE": str(providers)})) as app:
+        await app.vault.add_secret("lan", SECRET, owner=APP, account="acct-1")
+        # The same host over https passes the destination check (and then fails the TLS handshake).
+        with pytest.raises(UpstreamUnreachableError):
+            await app.request("GET", _url(d.upstream, "redirect", to=f"https://0.0.0.0:{port}/echo/tls"),
+                              provider="lan")
+        d.upstream.reset_records()
+        with pytest.raises(HostNotAllowedError) as info:
+            await app.request("GET", _url(d.upstream, "redirect", to=f"http://0.0.0.0:{port}/echo/plain"),
+                              provider="lan")
+    assert info.value.payload().error.code == "host_not_allowed"
+    assert [path for _m, path, _a in d.upstream.requests] == ["/redirect"]
+    assert d.upstream.seen_credentials == [SECRET]  # only the first, allowed, hop carried it
 
 
 async def test_redirects_within_the_providers_hosts_are_followed(app: App, sqlite_deployment: Deployment) -> None:
