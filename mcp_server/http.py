@@ -1,4 +1,8 @@
-"""The streamable HTTP transport: bearer auth, DNS-rebinding protection and the OAuth callback route."""
+"""The streamable HTTP transport: bearer auth, DNS-rebinding protection and the OAuth callback route.
+
+Sessions of 2025-11-25 clients live in the replica that opened them: behind several replicas, route by
+`Mcp-Session-Id` (docs/mcp.md, examples/haproxy-mcp.cfg). 2026-07-28 clients need no affinity.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +13,21 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import uvicorn
-from mcp.server.auth.provider import TokenVerifier
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
+from starlette.types import ASGIApp
 
 from alter_agents.app import App
 from alter_agents.grant_tools import GrantTool
 from alter_agents.sessions import Session
+from alter_agents.settings import Settings
 from alter_agents.tools import DEFAULT_CONNECT_WAIT
 from alter_agents.vault.identity import JWTVerifier
 from alter_agents.vault.local import LocalVault
 from mcp_server.auth import JWTTokenVerifier, StaticTokenVerifier, auth_settings, new_bearer_token
+from mcp_server.edges import DEFAULT_SESSIONS_PER_USER, JsonRpcErrors, LocalBearer, SessionQuota
 from mcp_server.server import build_server
 
 CALLBACK_PATH = "/oauth/callback"
@@ -33,7 +38,7 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 class HttpServer:
     """The ASGI app, and the bearer token to print when no identity provider is configured."""
 
-    asgi: Starlette
+    asgi: ASGIApp
     mcp: MCPServer
     public_url: str
     local_token: str | None
@@ -42,17 +47,27 @@ class HttpServer:
 def build_http(app: App, session: Session, *, host: str, port: int, public_url: str,
                allowed_hosts: tuple[str, ...] = (), connect_wait: float = DEFAULT_CONNECT_WAIT,
                local_token: str | None = None, state_keys: tuple[str, ...] = (),
-               extra_tools: Sequence[GrantTool] = ()) -> HttpServer:
-    """`app`'s vault must be configured with `public_url` so connect redirects come back here."""
-    verifier, token = _verifier(app, local_token)
-    issuer = app.vault.settings.idp_issuer if isinstance(app.vault, LocalVault) else None
-    server = build_server(app, session, connect_wait=connect_wait, auth=auth_settings(public_url, issuer),
-                          token_verifier=verifier, state_keys=state_keys, extra_tools=extra_tools)
+               extra_tools: Sequence[GrantTool] = (),
+               sessions_per_user: int = DEFAULT_SESSIONS_PER_USER) -> HttpServer:
+    """`app`'s vault must be configured with `public_url` so connect redirects come back here.
+
+    With an identity provider (in the environment, whether the vault is embedded or a vault server)
+    every request's JWT is verified; without one, the local user is served behind a random token.
+    """
+    settings: Settings = app.vault.settings  # type: ignore[attr-defined]
+    jwt = _jwt_verifier(app, settings)
+    token = None if jwt else (local_token or new_bearer_token())
+    auth = auth_settings(public_url, settings.idp_issuer or "") if jwt else None
+    server = build_server(app, session, connect_wait=connect_wait, auth=auth, token_verifier=jwt,
+                          state_keys=state_keys, extra_tools=extra_tools)
     if isinstance(app.vault, LocalVault):
         _add_callback_route(server, app.vault)
-    asgi = server.streamable_http_app(transport_security=_transport_security(host, public_url, allowed_hosts),
-                                      host=host)
-    return HttpServer(asgi, server, public_url, token)
+    asgi: ASGIApp = server.streamable_http_app(
+        transport_security=_transport_security(host, public_url, allowed_hosts), host=host)
+    asgi = SessionQuota(asgi, server.session_manager, sessions_per_user)
+    if token is not None:
+        asgi = LocalBearer(asgi, StaticTokenVerifier(token))
+    return HttpServer(JsonRpcErrors(asgi), server, public_url, token)
 
 
 async def serve_http(http: HttpServer, app: App, sock: socket.socket) -> None:
@@ -61,7 +76,8 @@ async def serve_http(http: HttpServer, app: App, sock: socket.socket) -> None:
     if http.local_token:
         print(f"Local mode: send 'Authorization: Bearer {http.local_token}' (printed once).",
               file=sys.stderr, flush=True)
-    config = uvicorn.Config(http.asgi, log_level="warning", access_log=False)
+    # Open SSE streams would hold a graceful shutdown forever: Ctrl-C gives them a second, then closes them.
+    config = uvicorn.Config(http.asgi, log_level="warning", access_log=False, timeout_graceful_shutdown=1)
     try:
         await uvicorn.Server(config).serve(sockets=[sock])
     finally:
@@ -77,14 +93,13 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _verifier(app: App, local_token: str | None) -> tuple[TokenVerifier, str | None]:
+def _jwt_verifier(app: App, settings: Settings) -> JWTTokenVerifier | None:
+    if not settings.identity_provider_configured:
+        return None
     vault = app.vault
-    if isinstance(vault, LocalVault) and vault.settings.identity_provider_configured:
-        jwt = vault.verifier or JWTVerifier(vault.settings.idp_issuer or "", vault.settings.idp_audience,
-                                            vault.settings.idp_jwks_url, vault.settings.idp_groups_claim)
-        return JWTTokenVerifier(jwt), None
-    token = local_token or new_bearer_token()
-    return StaticTokenVerifier(token), token
+    jwt = vault.verifier if isinstance(vault, LocalVault) else None
+    return JWTTokenVerifier(jwt or JWTVerifier(settings.idp_issuer or "", settings.idp_audience,
+                                               settings.idp_jwks_url, settings.idp_groups_claim))
 
 
 def _add_callback_route(server: MCPServer, vault: LocalVault) -> None:
