@@ -6,12 +6,15 @@ Sessions of 2025-11-25 clients live in the replica that opened them: behind seve
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import anyio
 import uvicorn
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
@@ -71,17 +74,39 @@ def build_http(app: App, session: Session, *, host: str, port: int, public_url: 
 
 
 async def serve_http(http: HttpServer, app: App, sock: socket.socket) -> None:
-    """Serve until interrupted; the local token is printed once, to stderr."""
-    print(f"alter-agents MCP server at {http.public_url}/mcp", file=sys.stderr, flush=True)
-    if http.local_token:
-        print(f"Local mode: send 'Authorization: Bearer {http.local_token}' (printed once).",
-              file=sys.stderr, flush=True)
-    # Open SSE streams would hold a graceful shutdown forever: Ctrl-C gives them a second, then closes them.
+    """Serve until SIGINT or SIGTERM; the local token is printed once, to stderr."""
+    # Open SSE streams would hold a graceful shutdown forever: a signal gives them a second, then closes them.
     config = uvicorn.Config(http.asgi, log_level="warning", access_log=False, timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    # The signals are ours from the first instant (uvicorn would take them only once started, and re-raise).
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     try:
-        await uvicorn.Server(config).serve(sockets=[sock])
+        async with _stop_on_signal(server):
+            print(f"alter-agents MCP server at {http.public_url}/mcp (Ctrl-C to stop)", file=sys.stderr, flush=True)
+            if http.local_token:
+                print(f"Local mode: send 'Authorization: Bearer {http.local_token}' (printed once).",
+                      file=sys.stderr, flush=True)
+            await server.serve(sockets=[sock])
     finally:
-        await app.aclose()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await app.aclose()
+    print("alter-agents MCP server stopped.", file=sys.stderr, flush=True)
+
+
+@contextlib.asynccontextmanager
+async def _stop_on_signal(server: uvicorn.Server) -> AsyncIterator[None]:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+
+            async def wait() -> None:
+                async for _ in signals:
+                    server.should_exit = True
+
+            tg.start_soon(wait)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
 
 
 def bind(host: str, port: int) -> socket.socket:
