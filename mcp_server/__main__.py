@@ -27,14 +27,14 @@ from alter_agents.settings import Settings
 from alter_agents.tools import DEFAULT_CONNECT_WAIT
 from alter_agents.vault.local import LocalVault
 from mcp_server.auth import session_jwt
-from mcp_server.edges import DEFAULT_SESSIONS_PER_USER
+from mcp_server.edges import DEFAULT_SESSIONS_PER_USER, REPLICA_ID
 from mcp_server.http import HttpServer, bind, build_http, serve_http
 from mcp_server.server import build_server
 from mcp_server.stdio import serve_stdio
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _HTTP_ONLY = {"host": "--host", "port": "--port", "allowed_hosts": "--allowed-host", "allow_remote": "--allow-remote",
-              "sessions_per_user": "--max-sessions-per-user"}
+              "sessions_per_user": "--max-sessions-per-user", "replica_id": "--replica-id"}
 
 
 class TokenFile:
@@ -93,6 +93,9 @@ def http_session(settings: Settings, grant_id: str | None) -> Session:
 @click.option("--max-sessions-per-user", "sessions_per_user", type=click.IntRange(min=1),
               default=DEFAULT_SESSIONS_PER_USER, show_default=True,
               help="HTTP: open 2025-11-25 sessions one user may hold; one more ends their oldest.")
+@click.option("--replica-id", envvar="ALTER_MCP_REPLICA_ID",
+              help="HTTP behind a balancer: this replica's name, put in front of its session ids (r1.<id>) "
+                   "so 2025-11-25 sessions can be routed back to it (docs/mcp.md).")
 @click.option("--connect-wait", default=DEFAULT_CONNECT_WAIT, show_default=True,
               help="Seconds `connect` waits for the browser before answering 'pending'.")
 @click.option("--vault-url", envvar="ALTER_BASE_URL",
@@ -103,8 +106,8 @@ def http_session(settings: Settings, grant_id: str | None) -> Session:
 @click.pass_context
 def main(ctx: click.Context, transport: str, host: str, port: int, allow_remote: bool,
          user_token_file: Path | None, grant_id: str | None, allowed_hosts: tuple[str, ...],
-         sessions_per_user: int, connect_wait: float, vault_url: str | None, api_key: str | None,
-         tool_specs: tuple[str, ...]) -> None:
+         sessions_per_user: int, replica_id: str | None, connect_wait: float, vault_url: str | None,
+         api_key: str | None, tool_specs: tuple[str, ...]) -> None:
     """Serve the `request` and `connect` tools over MCP.
 
     With no configuration it serves this machine's vault for its single user over stdio. Over HTTP,
@@ -114,6 +117,8 @@ def main(ctx: click.Context, transport: str, host: str, port: int, allow_remote:
     quiet_libraries()
     settings = Settings.from_env()
     _check_options(ctx, transport, host, allow_remote, user_token_file, grant_id, settings)
+    if replica_id is not None and not REPLICA_ID.fullmatch(replica_id):
+        raise _Refused(f"--replica-id {replica_id!r}: use 1 to 32 letters, digits, '-' or '_'.")
     extra_tools = _load_tools(tool_specs)
     remote = (vault_url, api_key)
     try:
@@ -130,7 +135,7 @@ def main(ctx: click.Context, transport: str, host: str, port: int, allow_remote:
         http = build_http(app, http_session(settings, grant_id), host=host, port=actual_port,
                           public_url=settings.public_url or "", allowed_hosts=allowed_hosts,
                           connect_wait=connect_wait, state_keys=state_keys, extra_tools=extra_tools,
-                          sessions_per_user=sessions_per_user)
+                          sessions_per_user=sessions_per_user, replica_id=replica_id)
         anyio.run(_serve_http, http, app, sock, grant_id)
     except KeyboardInterrupt:
         click.echo("alter-agents MCP server stopped.", err=True)

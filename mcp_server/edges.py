@@ -7,12 +7,15 @@
   token was refused in `error_description`.
 - `SessionQuota`: one user may hold at most N stateful (2025-11-25) sessions; opening one more ends their
   oldest, so nobody can use up the server-wide session limit and lock the others out.
+- `ReplicaSessionIds`: a replica's session ids start with its name (`r1.<id>`), so a balancer can send
+  each request of a 2025-11-25 session to the replica that holds it with a plain header match.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import OrderedDict
 from typing import Any
 
@@ -201,3 +204,31 @@ def _subject(scope: Scope) -> str:
     if isinstance(user, AuthenticatedUser):
         return user.access_token.subject or user.access_token.client_id
     return LOCAL_SUBJECT
+
+
+REPLICA_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+class ReplicaSessionIds:
+    """Prefixes this replica's `Mcp-Session-Id`s with its name and strips the prefix from requests."""
+
+    def __init__(self, app: ASGIApp, replica_id: str) -> None:
+        if not REPLICA_ID.fullmatch(replica_id):
+            raise ValueError("a replica id is 1 to 32 letters, digits, '-' or '_'")
+        self.app = app
+        self.prefix = f"{replica_id}.".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not _is_mcp(scope):
+            await self.app(scope, receive, send)
+            return
+        headers = [(k, v.removeprefix(self.prefix) if k == SESSION_HEADER.encode() else v)
+                   for k, v in scope["headers"]]
+
+        async def prefixed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [
+                    (k, self.prefix + v if k.lower() == SESSION_HEADER.encode() else v) for k, v in message["headers"]]}
+            await send(message)
+
+        await self.app({**scope, "headers": headers}, receive, prefixed)

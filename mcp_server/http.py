@@ -30,7 +30,13 @@ from alter_agents.tools import DEFAULT_CONNECT_WAIT
 from alter_agents.vault.identity import JWTVerifier
 from alter_agents.vault.local import LocalVault
 from mcp_server.auth import JWTTokenVerifier, StaticTokenVerifier, auth_settings, new_bearer_token
-from mcp_server.edges import DEFAULT_SESSIONS_PER_USER, JsonRpcErrors, LocalBearer, SessionQuota
+from mcp_server.edges import (
+    DEFAULT_SESSIONS_PER_USER,
+    JsonRpcErrors,
+    LocalBearer,
+    ReplicaSessionIds,
+    SessionQuota,
+)
 from mcp_server.server import build_server
 
 CALLBACK_PATH = "/oauth/callback"
@@ -51,11 +57,12 @@ def build_http(app: App, session: Session, *, host: str, port: int, public_url: 
                allowed_hosts: tuple[str, ...] = (), connect_wait: float = DEFAULT_CONNECT_WAIT,
                local_token: str | None = None, state_keys: tuple[str, ...] = (),
                extra_tools: Sequence[GrantTool] = (),
-               sessions_per_user: int = DEFAULT_SESSIONS_PER_USER) -> HttpServer:
+               sessions_per_user: int = DEFAULT_SESSIONS_PER_USER, replica_id: str | None = None) -> HttpServer:
     """`app`'s vault must be configured with `public_url` so connect redirects come back here.
 
     With an identity provider (in the environment, whether the vault is embedded or a vault server)
     every request's JWT is verified; without one, the local user is served behind a random token.
+    `replica_id` names this replica in its session ids, for a balancer to route 2025-11-25 sessions by.
     """
     settings: Settings = app.vault.settings  # type: ignore[attr-defined]
     jwt = _jwt_verifier(app, settings)
@@ -70,6 +77,8 @@ def build_http(app: App, session: Session, *, host: str, port: int, public_url: 
     asgi = SessionQuota(asgi, server.session_manager, sessions_per_user)
     if token is not None:
         asgi = LocalBearer(asgi, StaticTokenVerifier(token))
+    if replica_id:
+        asgi = ReplicaSessionIds(asgi, replica_id)
     return HttpServer(JsonRpcErrors(asgi), server, public_url, token)
 
 
@@ -82,7 +91,9 @@ async def serve_http(http: HttpServer, app: App, sock: socket.socket) -> None:
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     try:
         async with _stop_on_signal(server):
-            print(f"alter-agents MCP server at {http.public_url}/mcp (Ctrl-C to stop)", file=sys.stderr, flush=True)
+            host, port = sock.getsockname()[:2]
+            print(f"alter-agents MCP server at {http.public_url}/mcp (listening on {host}:{port}; Ctrl-C to stop)",
+                  file=sys.stderr, flush=True)
             if http.local_token:
                 print(f"Local mode: send 'Authorization: Bearer {http.local_token}' (printed once).",
                       file=sys.stderr, flush=True)
