@@ -80,3 +80,53 @@ async def test_mcp_inspector_lists_calls_and_sees_a_tool_error_not_a_schema_fail
     assert status != EXIT_SCHEMA
     assert ambiguous["isError"] is True
     assert ambiguous["structuredContent"]["error"]["code"] == "ambiguous_grant"
+
+
+async def test_mcp_inspector_sets_the_log_level_and_gets_the_connect_link_within_its_time_out(
+    sqlite_deployment: Deployment, inspector: Path, tmp_path: Path
+) -> None:
+    d = sqlite_deployment.local()
+    status, levelled = await run_inspector(inspector, d.env, tmp_path, "--method", "logging/setLevel",
+                                           "--log-level", "debug")
+    assert status == EXIT_OK, levelled
+
+    started = anyio.current_time()
+    status, pending = await run_inspector(
+        inspector, d.env, tmp_path, "--method", "tools/call", "--tool-name", "connect", "--tool-arg", "provider=github",
+    )
+    elapsed = anyio.current_time() - started
+    assert status == EXIT_OK, pending
+    assert pending["structuredContent"]["status"] == "pending"
+    assert pending["structuredContent"]["connect_url"].startswith("http")
+    assert elapsed < 60  # the Inspector's default request time-out
+
+
+async def test_mcp_inspector_reaches_a_local_mode_http_server_with_its_printed_token(
+    sqlite_deployment: Deployment, abrowser: AsyncBrowser, inspector: Path, tmp_path: Path
+) -> None:
+    d = sqlite_deployment.local()
+    async with d.app() as app:
+        await link(app, abrowser, "github", "octo", None)
+    command = [sys.executable, "-m", "alter_agents.cli", "mcp", "--transport", "http", "--port", "0"]
+    env = {**os.environ, **d.env}
+    async with await anyio.open_process(command, env=env, cwd=str(ROOT)) as server:
+        try:
+            assert server.stderr is not None
+            seen = ""
+            with anyio.fail_after(60):
+                while "Bearer " not in seen or "(printed once)" not in seen:
+                    seen += (await server.stderr.receive()).decode()
+            url = seen.split(" at ", 1)[1].split()[0]
+            token = seen.split("Bearer ", 1)[1].split("'", 1)[0]
+            command = [str(inspector), "--cli", url, "--transport", "http",
+                       "--header", f"Authorization: Bearer {token}", "--method", "tools/call", "--tool-name", "request",
+                       "--tool-arg", f"url={d.upstream.url}/echo/x", "--tool-arg", "provider=github"]
+            with anyio.fail_after(90):
+                done = await anyio.run_process(command, check=False, env={**os.environ, "HOME": str(tmp_path)},
+                                               stdin=subprocess.DEVNULL)
+        finally:
+            server.terminate()
+    output = done.stdout.decode() + done.stderr.decode()
+    assert done.returncode == EXIT_OK, output
+    assert "Dynamic Client Registration" not in output
+    assert json.loads(done.stdout)["structuredContent"]["body"]["account"] == "octo"
