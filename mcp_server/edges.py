@@ -96,7 +96,8 @@ class JsonRpcErrors:
                 return
             body += message.get("body", b"")
             if not message.get("more_body", False):
-                start, rewritten = _rewrite(held, body, holder.reason)
+                reason = holder.reason or (None if "authorization" in Headers(scope=scope) else NO_TOKEN)
+                start, rewritten = _rewrite(held, body, reason)
                 await send(start)
                 await send({"type": "http.response.body", "body": rewritten})
 
