@@ -92,8 +92,8 @@ async def serve_http(http: HttpServer, app: App, sock: socket.socket) -> None:
     try:
         async with _stop_on_signal(server):
             host, port = sock.getsockname()[:2]
-            print(f"alter-agents MCP server at {http.public_url}/mcp (listening on {host}:{port}; Ctrl-C to stop)",
-                  file=sys.stderr, flush=True)
+            print(f"alter-agents MCP server at {http.public_url}/mcp", file=sys.stderr, flush=True)
+            print(f"Listening on {host}:{port}; press Ctrl-C to stop.", file=sys.stderr, flush=True)
             if http.local_token:
                 print(f"Local mode: send 'Authorization: Bearer {http.local_token}' (printed once).",
                       file=sys.stderr, flush=True)

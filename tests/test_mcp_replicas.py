@@ -63,9 +63,9 @@ async def _listening(process: Process) -> str:
     assert process.stderr is not None
     seen = b""
     with anyio.fail_after(60):
-        while b"listening on " not in seen or b";" not in seen.split(b"listening on ", 1)[1]:
+        while b"Listening on " not in seen or b";" not in seen.split(b"Listening on ", 1)[1]:
             seen += await process.stderr.receive()
-    address = seen.split(b"listening on ", 1)[1].split(b";", 1)[0].decode()
+    address = seen.split(b"Listening on ", 1)[1].split(b";", 1)[0].decode()
     return f"http://{address}"
 
 
