@@ -189,7 +189,7 @@ class SessionQuota:
             oldest, _ = mine.popitem(last=False)
             transport = live.get(oldest)
             log.info("user %s opened more than %d MCP sessions: ending their oldest", subject, self.limit)
-            if transport is not None:
+            if transport is not None and not transport.is_terminated:
                 await transport.terminate()
         if not mine:
             del self._sessions[subject]
