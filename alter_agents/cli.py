@@ -371,7 +371,13 @@ async def keys_revoke(key_id: str) -> None:
 def mcp(ctx: click.Context) -> None:
     """Run the MCP server (same options as `python -m mcp_server`; see `alter-agents mcp --help`)."""
     # Imported here: the library never depends on the MCP server package (or the mcp SDK) at import time.
-    from mcp_server.__main__ import main as serve_mcp
+    try:
+        from mcp_server.__main__ import main as serve_mcp
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in ("mcp", "mcp_types", "uvicorn", "starlette", "httpx2"):
+            raise
+        click.echo("error: the MCP server needs the `mcp` extra: pip install 'alter-agents[mcp]'", err=True)
+        sys.exit(1)
 
     serve_mcp.main(args=ctx.args, prog_name="alter-agents mcp", standalone_mode=True)
 

@@ -2,14 +2,20 @@
 
 With an identity provider, every request's `Authorization: Bearer <JWT>` is verified by the vault's own
 `JWTVerifier` (same issuer, audience and JWKS). Without one, the server serves the local user behind a
-random token made at start — never unauthenticated. Either way the SDK answers a missing or bad token
-with 401, `WWW-Authenticate` and RFC 9728 protected-resource metadata.
+random token made at start — never unauthenticated. With an identity provider the SDK answers a missing
+or bad token with 401, `WWW-Authenticate` and RFC 9728 protected-resource metadata naming that provider;
+the local token is not OAuth, so no metadata names an authorization server that does not exist.
+
+Why a token was refused (expired, wrong audience, bad signature) is kept for the request being served,
+so the 401 can say it in `error_description`, and logged — never the token itself.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
+from contextvars import ContextVar
 from typing import Any
 
 from mcp.server.auth.middleware.auth_context import get_access_token
@@ -20,6 +26,26 @@ from alter_agents.errors import UnauthenticatedError
 from alter_agents.vault.identity import JWTVerifier
 
 LOCAL_SUBJECT = "local"
+NO_TOKEN = "No bearer token was sent: add 'Authorization: Bearer <token>'."
+log = logging.getLogger("mcp_server.auth")
+
+
+class Refusal:
+    """The reason this request's bearer token was refused, if it was."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+
+refusal: ContextVar[Refusal | None] = ContextVar("alter_mcp_refusal", default=None)
+
+
+def refuse(reason: str) -> None:
+    """Note why the token was refused, for the 401 and the server log."""
+    log.warning("refused a bearer token: %s", reason)
+    current = refusal.get()
+    if current is not None:
+        current.reason = reason
 
 
 class JWTTokenVerifier(TokenVerifier):
@@ -31,7 +57,8 @@ class JWTTokenVerifier(TokenVerifier):
     async def verify_token(self, token: str) -> AccessToken | None:
         try:
             identity = await self._verifier.verify(token)
-        except UnauthenticatedError:
+        except UnauthenticatedError as exc:
+            refuse(exc.message)
             return None
         claims = identity.claims
         return AccessToken(
@@ -52,6 +79,7 @@ class StaticTokenVerifier(TokenVerifier):
 
     async def verify_token(self, token: str) -> AccessToken | None:
         if not hmac.compare_digest(token.encode(), self._token.encode()):
+            refuse("The bearer token is not the one this server printed at start.")
             return None
         return AccessToken(token=token, client_id="alter-agents-local", scopes=[], subject=LOCAL_SUBJECT)
 

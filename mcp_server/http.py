@@ -1,28 +1,42 @@
-"""The streamable HTTP transport: bearer auth, DNS-rebinding protection and the OAuth callback route."""
+"""The streamable HTTP transport: bearer auth, DNS-rebinding protection and the OAuth callback route.
+
+Sessions of 2025-11-25 clients live in the replica that opened them: behind several replicas, route by
+`Mcp-Session-Id` (docs/mcp.md, examples/haproxy-mcp.cfg). 2026-07-28 clients need no affinity.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import anyio
 import uvicorn
-from mcp.server.auth.provider import TokenVerifier
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
+from starlette.types import ASGIApp
 
 from alter_agents.app import App
 from alter_agents.grant_tools import GrantTool
 from alter_agents.sessions import Session
+from alter_agents.settings import Settings
 from alter_agents.tools import DEFAULT_CONNECT_WAIT
 from alter_agents.vault.identity import JWTVerifier
 from alter_agents.vault.local import LocalVault
 from mcp_server.auth import JWTTokenVerifier, StaticTokenVerifier, auth_settings, new_bearer_token
+from mcp_server.edges import (
+    DEFAULT_SESSIONS_PER_USER,
+    JsonRpcErrors,
+    LocalBearer,
+    ReplicaSessionIds,
+    SessionQuota,
+)
 from mcp_server.server import build_server
 
 CALLBACK_PATH = "/oauth/callback"
@@ -33,7 +47,7 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 class HttpServer:
     """The ASGI app, and the bearer token to print when no identity provider is configured."""
 
-    asgi: Starlette
+    asgi: ASGIApp
     mcp: MCPServer
     public_url: str
     local_token: str | None
@@ -42,30 +56,68 @@ class HttpServer:
 def build_http(app: App, session: Session, *, host: str, port: int, public_url: str,
                allowed_hosts: tuple[str, ...] = (), connect_wait: float = DEFAULT_CONNECT_WAIT,
                local_token: str | None = None, state_keys: tuple[str, ...] = (),
-               extra_tools: Sequence[GrantTool] = ()) -> HttpServer:
-    """`app`'s vault must be configured with `public_url` so connect redirects come back here."""
-    verifier, token = _verifier(app, local_token)
-    issuer = app.vault.settings.idp_issuer if isinstance(app.vault, LocalVault) else None
-    server = build_server(app, session, connect_wait=connect_wait, auth=auth_settings(public_url, issuer),
-                          token_verifier=verifier, state_keys=state_keys, extra_tools=extra_tools)
+               extra_tools: Sequence[GrantTool] = (),
+               sessions_per_user: int = DEFAULT_SESSIONS_PER_USER, replica_id: str | None = None) -> HttpServer:
+    """`app`'s vault must be configured with `public_url` so connect redirects come back here.
+
+    With an identity provider (in the environment, whether the vault is embedded or a vault server)
+    every request's JWT is verified; without one, the local user is served behind a random token.
+    `replica_id` names this replica in its session ids, for a balancer to route 2025-11-25 sessions by.
+    """
+    settings: Settings = app.vault.settings  # type: ignore[attr-defined]
+    jwt = _jwt_verifier(app, settings)
+    token = None if jwt else (local_token or new_bearer_token())
+    auth = auth_settings(public_url, settings.idp_issuer or "") if jwt else None
+    server = build_server(app, session, connect_wait=connect_wait, auth=auth, token_verifier=jwt,
+                          state_keys=state_keys, extra_tools=extra_tools)
     if isinstance(app.vault, LocalVault):
         _add_callback_route(server, app.vault)
-    asgi = server.streamable_http_app(transport_security=_transport_security(host, public_url, allowed_hosts),
-                                      host=host)
-    return HttpServer(asgi, server, public_url, token)
+    asgi: ASGIApp = server.streamable_http_app(
+        transport_security=_transport_security(host, public_url, allowed_hosts), host=host)
+    asgi = SessionQuota(asgi, server.session_manager, sessions_per_user)
+    if token is not None:
+        asgi = LocalBearer(asgi, StaticTokenVerifier(token))
+    if replica_id:
+        asgi = ReplicaSessionIds(asgi, replica_id)
+    return HttpServer(JsonRpcErrors(asgi), server, public_url, token)
 
 
 async def serve_http(http: HttpServer, app: App, sock: socket.socket) -> None:
-    """Serve until interrupted; the local token is printed once, to stderr."""
-    print(f"alter-agents MCP server at {http.public_url}/mcp", file=sys.stderr, flush=True)
-    if http.local_token:
-        print(f"Local mode: send 'Authorization: Bearer {http.local_token}' (printed once).",
-              file=sys.stderr, flush=True)
-    config = uvicorn.Config(http.asgi, log_level="warning", access_log=False)
+    """Serve until SIGINT or SIGTERM; the local token is printed once, to stderr."""
+    # Open SSE streams would hold a graceful shutdown forever: a signal gives them a second, then closes them.
+    config = uvicorn.Config(http.asgi, log_level="warning", access_log=False, timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    # The signals are ours from the first instant (uvicorn would take them only once started, and re-raise).
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     try:
-        await uvicorn.Server(config).serve(sockets=[sock])
+        async with _stop_on_signal(server):
+            host, port = sock.getsockname()[:2]
+            print(f"alter-agents MCP server at {http.public_url}/mcp", file=sys.stderr, flush=True)
+            print(f"Listening on {host}:{port}; press Ctrl-C to stop.", file=sys.stderr, flush=True)
+            if http.local_token:
+                print(f"Local mode: send 'Authorization: Bearer {http.local_token}' (printed once).",
+                      file=sys.stderr, flush=True)
+            await server.serve(sockets=[sock])
     finally:
-        await app.aclose()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await app.aclose()
+    print("alter-agents MCP server stopped.", file=sys.stderr, flush=True)
+
+
+@contextlib.asynccontextmanager
+async def _stop_on_signal(server: uvicorn.Server) -> AsyncIterator[None]:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+
+            async def wait() -> None:
+                async for _ in signals:
+                    server.should_exit = True
+
+            tg.start_soon(wait)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -77,14 +129,13 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _verifier(app: App, local_token: str | None) -> tuple[TokenVerifier, str | None]:
+def _jwt_verifier(app: App, settings: Settings) -> JWTTokenVerifier | None:
+    if not settings.identity_provider_configured:
+        return None
     vault = app.vault
-    if isinstance(vault, LocalVault) and vault.settings.identity_provider_configured:
-        jwt = vault.verifier or JWTVerifier(vault.settings.idp_issuer or "", vault.settings.idp_audience,
-                                            vault.settings.idp_jwks_url, vault.settings.idp_groups_claim)
-        return JWTTokenVerifier(jwt), None
-    token = local_token or new_bearer_token()
-    return StaticTokenVerifier(token), token
+    jwt = vault.verifier if isinstance(vault, LocalVault) else None
+    return JWTTokenVerifier(jwt or JWTVerifier(settings.idp_issuer or "", settings.idp_audience,
+                                               settings.idp_jwks_url, settings.idp_groups_claim))
 
 
 def _add_callback_route(server: MCPServer, vault: LocalVault) -> None:

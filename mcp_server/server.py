@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Awaitable, Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
 from mcp.server.auth.provider import TokenVerifier
@@ -35,6 +36,7 @@ from alter_agents.tools import (
     RequestResult,
 )
 from mcp_server.auth import request_jwt
+from mcp_server.client_log import enable_client_logging
 from mcp_server.elicit import ClientReach
 from mcp_server.resources import add_grants_resource
 from mcp_server.schema import output_schema
@@ -90,8 +92,10 @@ def build_server(
         raise ValueError(f"tool names must be unique: {', '.join(sorted(names))}")
     security = RequestStateSecurity(keys=list(state_keys)) if state_keys else None
     server: MCPServer = MCPServer(SERVER_NAME, instructions=INSTRUCTIONS, tools=tools, auth=auth,
-                                  token_verifier=token_verifier, request_state_security=security)
+                                  token_verifier=token_verifier, request_state_security=security,
+                                  version=_package_version())
     add_grants_resource(server, app, session)
+    enable_client_logging(server)
     return server
 
 
@@ -153,6 +157,14 @@ class _Surface:
                 await reach.completed(elicitation_id)
             return render(result)
         return render(await self.tools.run_connect(arguments, call))
+
+
+def _package_version() -> str:
+    """`serverInfo.version`: the installed alter-agents release."""
+    try:
+        return version("alter-agents")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 def render(result: BaseModel) -> CallToolResult:

@@ -58,7 +58,7 @@ class RunningHttp:
 
 @asynccontextmanager
 async def http_server(deployment: Deployment, session_for: Any, *, connect_wait: float = 10.0,
-                      local: bool = False) -> AsyncIterator[RunningHttp]:
+                      local: bool = False, **build: Any) -> AsyncIterator[RunningHttp]:
     """The real HTTP app under uvicorn on 127.0.0.1, on this test's event loop."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
@@ -68,7 +68,7 @@ async def http_server(deployment: Deployment, session_for: Any, *, connect_wait:
     app = App(settings=settings)
     session: Session = session_for(settings)
     http = build_http(app, session, host="127.0.0.1", port=port, public_url=url, connect_wait=connect_wait,
-                      local_token="local-test-token" if local else None)
+                      local_token="local-test-token" if local else None, **build)
     server = uvicorn.Server(uvicorn.Config(http.asgi, log_level="warning", access_log=False))
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: server.serve(sockets=[sock]))
