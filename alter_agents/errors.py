@@ -2,6 +2,7 @@
 
     AlterError                       internal
      ├── ConfigurationError          internal
+     │    └── ProviderNotConfiguredError provider_not_configured
      ├── InvalidArgumentsError       invalid_arguments
      ├── UnknownProviderError        unknown_provider
      ├── UnauthenticatedError        unauthenticated
@@ -20,6 +21,11 @@
      ├── RateLimitedError            rate_limited
      ├── VaultKeyError               internal (wrong or corrupt ALTER_VAULT_KEY)
      └── VaultUnavailableError       internal, retryable (the store cannot be reached right now)
+
+`retryable` means only "the same call may succeed later with nothing else changed" (timeouts,
+unreachable upstreams, rate limits, a store that is down); what must change is `user_action`.
+`sent` (on `request` errors) says whether the upstream request left the process: False for every
+error raised before the credential was released, True once bytes may have reached the provider.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from typing import Any, ClassVar, Literal
 
 from alter_agents.models import AccountRef, ToolErrorBody, ToolErrorPayload
 
-UserAction = Literal["choose_account", "connect", "reauthorize", "fix_arguments", "retry_later", "none"]
+UserAction = Literal["choose_account", "connect", "reauthorize", "approve", "fix_arguments", "retry_later",
+                     "ask_operator", "none"]
 
 
 class AlterError(Exception):
@@ -38,6 +45,7 @@ class AlterError(Exception):
     code: ClassVar[str] = "internal"
     user_action: ClassVar[UserAction] = "none"
     retryable: ClassVar[bool] = False
+    sent: bool | None = None  # whether the upstream request left the process; set where that is known
 
     def __init__(
         self,
@@ -62,6 +70,7 @@ class AlterError(Exception):
             message=self.message,
             retryable=self.retryable,
             user_action=self.user_action,
+            sent=self.sent,
             **self.data,
         )
         return ToolErrorPayload(error=body)
@@ -69,6 +78,23 @@ class AlterError(Exception):
 
 class ConfigurationError(AlterError):
     """The deployment is misconfigured (missing client id, bad providers file, ...)."""
+
+
+class ProviderNotConfiguredError(ConfigurationError):
+    """A provider has no OAuth client: only the operator can fix it, by setting its client id and secret."""
+
+    code = "provider_not_configured"
+    user_action = "ask_operator"
+
+    def __init__(self, provider: str) -> None:
+        env = f"ALTER_{provider.upper().replace('-', '_')}_CLIENT_ID"
+        secret = env.removesuffix("_ID") + "_SECRET"
+        super().__init__(
+            f"No OAuth client is configured for {provider}, so accounts cannot be linked. Tell the user an "
+            f"operator must set {env} and {secret} (or client_id/client_secret in the providers file).",
+            provider=provider, operator_must_set=[env, secret],
+        )
+        self.provider = provider
 
 
 class VaultKeyError(AlterError):
@@ -85,13 +111,11 @@ class VaultUnavailableError(AlterError):
 class InvalidArgumentsError(AlterError):
     code = "invalid_arguments"
     user_action = "fix_arguments"
-    retryable = True
 
 
 class UnknownProviderError(AlterError):
     code = "unknown_provider"
     user_action = "fix_arguments"
-    retryable = True
 
     def __init__(self, provider: str, known: Sequence[str]) -> None:
         super().__init__(
@@ -114,7 +138,6 @@ class GrantError(AlterError):
 class NotConnectedError(GrantError):
     code = "not_connected"
     user_action = "connect"
-    retryable = True
 
     def __init__(self, provider: str, *, account: str | None = None, connect_url: str | None = None) -> None:
         which = f" for account {account!r}" if account else ""
@@ -131,7 +154,6 @@ class NotConnectedError(GrantError):
 class AmbiguousGrantError(GrantError):
     code = "ambiguous_grant"
     user_action = "choose_account"
-    retryable = True
 
     def __init__(self, provider: str, accounts: Sequence[AccountRef]) -> None:
         names = ", ".join(a.account for a in accounts)
@@ -175,7 +197,6 @@ class GrantNotFoundError(GrantError):
 class ReauthRequiredError(GrantError):
     code = "reauth_required"
     user_action = "reauthorize"
-    retryable = True
 
     def __init__(self, provider: str, account: str | None, *, connect_url: str | None = None) -> None:
         super().__init__(
@@ -221,7 +242,6 @@ class ConnectError(AlterError):
 class ConnectTimeoutError(ConnectError):
     code = "connect_timeout"
     user_action = "connect"
-    retryable = True
 
 
 class ConnectDeniedError(ConnectError):
@@ -242,6 +262,7 @@ ERROR_CODES: tuple[str, ...] = (
     "reauth_required",
     "host_not_allowed",
     "unknown_provider",
+    "provider_not_configured",
     "invalid_arguments",
     "unauthenticated",
     "upstream_timeout",

@@ -186,6 +186,7 @@ class ToolErrorBody(BaseModel):
     message: str
     retryable: bool = False
     user_action: str = "none"
+    sent: bool | None = None  # on `request` errors: whether the upstream request left the process
     provider: str | None = None
     accounts: list[AccountRef] | None = None
     connect_url: str | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import functools
 import ipaddress
+import json as jsonlib
 import logging
 import time
 import urllib.parse
@@ -18,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from alter_agents.errors import HostNotAllowedError, UpstreamTimeoutError, UpstreamUnreachableError
+from alter_agents.errors import AlterError, HostNotAllowedError, UpstreamTimeoutError, UpstreamUnreachableError
 from alter_agents.models import ApiResponse, ReleasedCredential
 from alter_agents.providers.spec import host_matches
 
@@ -26,6 +27,7 @@ MAX_REDIRECTS = 5
 DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 REDACTED = "[REDACTED]"
 _REDIRECTS = {301, 302, 303, 307, 308}
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 
 
 class _ScrubQueries(logging.Filter):
@@ -135,7 +137,9 @@ class Upstream:
         method = method.upper()
         body_kwargs: dict[str, Any] = {}
         if json is not None:
-            body_kwargs["json"] = json
+            body_kwargs["content"] = _json_bytes(json)
+            if not any(name.lower() == "content-type" for name in headers or {}):
+                headers = {**(headers or {}), "Content-Type": JSON_CONTENT_TYPE}
         elif content is not None:
             body_kwargs["content"] = content
         started = time.perf_counter()
@@ -152,26 +156,34 @@ class Upstream:
             try:
                 target = check_destination(next_url, provider, credential.hosts, credential.allow_http)
             except HostNotAllowedError:
-                raise HostNotAllowedError(
+                refused = HostNotAllowedError(
                     url, provider, credential.hosts,
                     reason=f"the API redirected to {httpx.URL(next_url).host}, outside {provider}'s hosts",
-                ) from None
+                )
+                refused.sent = True  # the first hop reached the provider; the redirect was not followed
+                raise refused from None
             if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
                 method, body_kwargs = "GET", {}
-        raise UpstreamUnreachableError(f"{url} redirected more than {MAX_REDIRECTS} times.", retryable=False)
+        too_many = UpstreamUnreachableError(f"{url} redirected more than {MAX_REDIRECTS} times.", retryable=False)
+        too_many.sent = True
+        raise too_many
 
     async def _send(self, request: httpx.Request, credential: ReleasedCredential) -> httpx.Response:
         host = request.url.host
         try:
             return await self._client.send(request, stream=True)
-        except httpx.TimeoutException:
-            raise UpstreamTimeoutError(
+        except httpx.TimeoutException as exc:
+            error: AlterError = UpstreamTimeoutError(
                 f"{credential.grant.provider} ({host}) did not answer in time; try again later."
-            ) from None
+            )
+            error.sent = _may_have_left(exc)
+            raise error from None
         except httpx.TransportError as exc:
-            raise UpstreamUnreachableError(
+            error = UpstreamUnreachableError(
                 f"Could not reach {credential.grant.provider} ({host}): {type(exc).__name__}; try again later."
-            ) from None
+            )
+            error.sent = _may_have_left(exc)
+            raise error from None
 
     async def _finish(
         self, response: httpx.Response, credential: ReleasedCredential, started: float
@@ -189,11 +201,15 @@ class Upstream:
                     truncated = True
                     break
         except httpx.TimeoutException:
-            raise UpstreamTimeoutError(f"{credential.grant.provider} stopped sending its response.") from None
+            stalled: AlterError = UpstreamTimeoutError(f"{credential.grant.provider} stopped sending its response.")
+            stalled.sent = True
+            raise stalled from None
         except httpx.TransportError:
-            raise UpstreamUnreachableError(
+            broken = UpstreamUnreachableError(
                 f"The connection to {credential.grant.provider} broke while reading its response."
-            ) from None
+            )
+            broken.sent = True
+            raise broken from None
         finally:
             await response.aclose()
         content = redact(b"".join(chunks), token)
@@ -229,6 +245,16 @@ def _public_request(sent: httpx.Request, credential: ReleasedCredential) -> http
     """The sent request's method and URL only: no headers, and no query parameter carrying the credential."""
     url = sent.url.copy_remove_param(credential.injection.query) if credential.injection.query else sent.url
     return httpx.Request(sent.method, url)
+
+
+def _json_bytes(value: Any) -> bytes:
+    """JSON as httpx would write it (compact, UTF-8), sent with an explicit charset."""
+    return jsonlib.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def _may_have_left(exc: httpx.TransportError) -> bool:
+    """False only when no byte of the request can have reached the provider (no connection was made)."""
+    return not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
 def _query_value(value: Any) -> Any:

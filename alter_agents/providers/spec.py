@@ -51,6 +51,7 @@ class ProviderSpec(BaseModel):
     scopes: list[str] = Field(default_factory=list)
     scope_separator: str = " "
     authorize_params: dict[str, str] = Field(default_factory=dict)
+    login_hint: str | None = None  # the authorize parameter that pre-selects an account (e.g. login_hint)
     account: AccountLookup | None = None
     client_id: str | None = None
     client_secret: str | None = None

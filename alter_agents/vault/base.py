@@ -7,10 +7,21 @@ from typing import Protocol
 from alter_agents.models import ConnectStart, ConnectStatus, Grant, ReleasedCredential
 from alter_agents.providers import Providers
 from alter_agents.vault.connect import ProgressCallback
+from alter_agents.vault.memory import Memory
 
 
 class Vault(Protocol):
     providers: Providers
+
+    @property
+    def memory(self) -> Memory:
+        """What the tools remember per verified caller (pending connects, chosen accounts)."""
+        ...
+
+    async def principal(self, user_token: str | None, *, headless: bool = False) -> str:
+        """The caller's verified owner key (`user:<sub>`, or `app` in local/headless mode); raises when the
+        token does not verify. Everything the tools remember per user is keyed by it."""
+        ...
 
     async def release_for(
         self,
@@ -36,6 +47,7 @@ class Vault(Protocol):
     async def start_connect(
         self, provider: str, *, user_token: str | None = None, label: str | None = None,
         scopes: list[str] | None = None, redirect_uri: str | None = None, headless: bool = False,
+        login_hint: str | None = None,
     ) -> ConnectStart: ...
 
     async def connect_status(self, session_id: str) -> ConnectStatus: ...

@@ -44,7 +44,7 @@ class ConnectFlows:
 
     async def start(
         self, provider: str, owner: str, *, label: str | None = None, scopes: list[str] | None = None,
-        redirect_uri: str | None = None, ttl: float = CONNECT_TTL_SECONDS,
+        redirect_uri: str | None = None, ttl: float = CONNECT_TTL_SECONDS, login_hint: str | None = None,
     ) -> ConnectStart:
         spec = self._providers.get(provider)
         if spec.kind != "oauth2":
@@ -62,7 +62,7 @@ class ConnectFlows:
             await receiver.start()
             redirect_uri = receiver.redirect_uri
         url = oauth.authorization_url(spec, redirect_uri=redirect_uri, state=state, code_verifier=verifier,
-                                      scopes=scopes)
+                                      scopes=scopes, login_hint=login_hint)
         now = time.time()
         await self._store.create_connect_session(ConnectSessionRow(
             session_id=state, provider=provider, owner=owner, label=label, scopes=list(scopes or spec.scopes),

@@ -36,6 +36,7 @@ from alter_agents.vault.cache import GrantCache
 from alter_agents.vault.connect import ConnectFlows, ProgressCallback
 from alter_agents.vault.crypto import Cipher, load_or_create_key
 from alter_agents.vault.identity import Identity, JWTVerifier
+from alter_agents.vault.memory import StoreMemory
 from alter_agents.vault.resolve import choose, owned_by
 from alter_agents.vault.store import AuditEntry, Store, StoredGrant
 
@@ -67,6 +68,7 @@ class LocalVault:
         self._opened: dict[bytes, dict[str, str | None]] = {}
         self._refreshed: dict[str, tuple[bytes, float, dict[str, str | None]]] = {}
         self.connects = ConnectFlows(self.store, self._cipher, self.providers, self._http, self.settings.public_url)
+        self.memory = StoreMemory(self.store, self.open)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -111,6 +113,13 @@ class LocalVault:
         if self.verifier is not None:
             raise UnauthenticatedError("This vault needs the end user's JWT to choose their grants; none was sent.")
         return None
+
+    async def principal(self, user_token: str | None, *, headless: bool = False) -> str:
+        """The verified owner key of the caller: `user:<sub>`, or `app` in local or headless mode."""
+        if headless and not user_token:
+            return str(APP)
+        identity = await self.identify(user_token)
+        return f"user:{identity.sub}" if identity else str(APP)
 
     async def owners(self, user_token: str | None) -> list[str]:
         identity = await self.identify(user_token)
@@ -305,12 +314,14 @@ class LocalVault:
     async def start_connect(
         self, provider: str, *, user_token: str | None = None, label: str | None = None,
         scopes: list[str] | None = None, redirect_uri: str | None = None, headless: bool = False,
+        login_hint: str | None = None,
     ) -> ConnectStart:
         """Begin linking an account; the grant is owned by the user, or by the app when headless."""
         await self.open()
         identity = None if headless and not user_token else await self.identify(user_token)
         owner = f"user:{identity.sub}" if identity else str(APP)
-        return await self.connects.start(provider, owner, label=label, scopes=scopes, redirect_uri=redirect_uri)
+        return await self.connects.start(provider, owner, label=label, scopes=scopes, redirect_uri=redirect_uri,
+                                         login_hint=login_hint)
 
     async def connect_status(self, session_id: str) -> ConnectStatus:
         await self.open()

@@ -17,7 +17,13 @@ from authlib.common.security import generate_token
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
-from alter_agents.errors import ConfigurationError, ConnectError, RateLimitedError, UpstreamUnreachableError
+from alter_agents.errors import (
+    ConfigurationError,
+    ConnectError,
+    ProviderNotConfiguredError,
+    RateLimitedError,
+    UpstreamUnreachableError,
+)
 from alter_agents.providers import ProviderSpec
 
 _RETRY_DELAYS = (0.2, 0.5, 1.0)
@@ -58,15 +64,13 @@ def new_code_verifier() -> str:
 
 
 def authorization_url(
-    spec: ProviderSpec, *, redirect_uri: str, state: str, code_verifier: str, scopes: list[str] | None = None
+    spec: ProviderSpec, *, redirect_uri: str, state: str, code_verifier: str, scopes: list[str] | None = None,
+    login_hint: str | None = None,
 ) -> str:
     if not spec.authorize_url or not spec.token_url:
         raise ConfigurationError(f"Provider {spec.name!r} has no OAuth endpoints; add a secret instead.")
     if not spec.client_id:
-        env = f"ALTER_{spec.name.upper().replace('-', '_')}_CLIENT_ID"
-        raise ConfigurationError(
-            f"No OAuth client is configured for {spec.name}: set {env} and the matching _CLIENT_SECRET."
-        )
+        raise ProviderNotConfiguredError(spec.name)
     params: list[tuple[str, str]] = [
         ("response_type", "code"),
         ("client_id", spec.client_id),
@@ -79,6 +83,8 @@ def authorization_url(
     if wanted:
         params.append(("scope", spec.scope_separator.join(wanted)))
     params.extend(spec.authorize_params.items())
+    if login_hint and spec.login_hint:
+        params.append((spec.login_hint, login_hint))
     return str(add_params_to_uri(spec.authorize_url, params))
 
 

@@ -8,6 +8,7 @@ are mapped to the nearest of ours.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ from alter_agents.server.wire import (
 from alter_agents.settings import Settings
 from alter_agents.upstream import is_loopback
 from alter_agents.vault.connect import ProgressCallback, wait_for_connect
+from alter_agents.vault.memory import ProcessMemory
 from alter_agents.vault.remote_audit import AuditPoster
 
 _POLL_INTERVAL = 0.25
@@ -80,6 +82,8 @@ class RemoteVault:
         self._ours = False  # whether the server has shown our extension, and so takes batched audit posts
         self._credential_ttl = credential_ttl
         self._released: dict[tuple[str | None, ...], tuple[float, ReleasedCredential]] = {}
+        # The server verifies tokens, not this client: memory is per exact token (only its holder reaches it).
+        self.memory = ProcessMemory()
 
     def __repr__(self) -> str:
         return f"RemoteVault({str(self._http.base_url)!r}, api_key=<redacted>)"
@@ -87,6 +91,12 @@ class RemoteVault:
     async def aclose(self) -> None:
         await self._audit.aclose()
         await self._http.aclose()
+
+    async def principal(self, user_token: str | None, *, headless: bool = False) -> str:
+        """A key for the caller's memory: the token's digest (the server verifies it on every call that acts)."""
+        if not user_token:
+            return "app"
+        return "token:" + hashlib.sha256(user_token.encode()).hexdigest()[:40]
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         content = json.dumps({k: v for k, v in body.items() if v is not None}, separators=(",", ":")).encode()
@@ -230,7 +240,9 @@ class RemoteVault:
     async def start_connect(
         self, provider: str, *, user_token: str | None = None, label: str | None = None,
         scopes: list[str] | None = None, redirect_uri: str | None = None, headless: bool = False,
+        login_hint: str | None = None,
     ) -> ConnectStart:
+        """Start a hosted connect session (the wire protocol carries no login hint: it is not sent)."""
         body = {"allowed_providers": [provider], "user_token": user_token, "label": label,
                 "required_scopes": {provider: scopes} if scopes else None, "alter_headless": headless}
         session = _parse(ConnectSessionResponse, await self._post("/sdk/oauth/connect/session", body))

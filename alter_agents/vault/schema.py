@@ -15,7 +15,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -137,3 +137,19 @@ connect_link_flows = Table(
 Index("ix_alter_connect_link_flows_link", connect_link_flows.c.link_id)
 
 V2_TABLES = (api_keys, nonces, connect_links, connect_link_flows)
+
+# -- version 3: what the tools remember per verified user (pending connects, chosen accounts) ----
+
+session_memory = Table(
+    "alter_session_memory",
+    metadata,
+    Column("owner", String(255), primary_key=True),
+    Column("scope", String(64), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+Index("ix_alter_session_memory_expires_at", session_memory.c.expires_at)
+
+V3_TABLES = (session_memory,)

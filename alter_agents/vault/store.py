@@ -39,8 +39,13 @@ def _v1_to_v2(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=list(schema.V2_TABLES))
 
 
+def _v2_to_v3(conn: Connection) -> None:
+    """Add the tools' per-user memory (pending connects, chosen accounts), shared by every replica."""
+    schema.metadata.create_all(conn, tables=list(schema.V3_TABLES))  # checkfirst: safe in any order
+
+
 # Upgrades from version N to N+1, applied in order to stores written by older releases.
-_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def _ts(value: float | None) -> datetime | None:
