@@ -1,25 +1,19 @@
-"""What a tool call acts for (DESIGN §2): a user's JWT, a pinned grant, a headless bootstrap, or local mode."""
+"""What a tool call acts for (DESIGN §2): a user's JWT, a pinned grant, a headless bootstrap, or local mode.
+
+What the tools remember (a pending connect, the account chosen per provider) lives in the vault,
+keyed by the caller's *verified* owner and the session's `scope`: sessions with the same scope share
+it, across processes and replicas of one store. Give agents that must not share choices their own scope.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import inspect
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import jwt
-
-from alter_agents.models import ConnectStart
-
 TokenSource = str | Callable[[], str | None] | Callable[[], Awaitable[str | None]]
-
-
-@dataclass
-class _Memory:
-    """Per-session memory: the account chosen per provider, and connect flows still pending."""
-
-    chosen: dict[tuple[str, str], str] = field(default_factory=dict)
-    pending: dict[tuple[str, str], ConnectStart] = field(default_factory=dict)
+DEFAULT_SCOPE = "default"
 
 
 @dataclass
@@ -31,7 +25,7 @@ class UserSession:
     """
 
     token: TokenSource | None = field(default=None, repr=False)
-    memory: _Memory = field(default_factory=_Memory, repr=False)
+    scope: str = DEFAULT_SCOPE
 
     async def user_token(self) -> str | None:
         value = self.token() if callable(self.token) else self.token
@@ -45,54 +39,25 @@ class GrantSession:
     """Pinned to one grant: the model cannot name a provider or account, so it cannot reach another."""
 
     grant_id: str
-    memory: _Memory = field(default_factory=_Memory, repr=False)
+    scope: str = DEFAULT_SCOPE
 
 
 @dataclass
 class HeadlessSession:
-    """No user yet: `connect` creates app-owned grants and pins each one (by provider) into the session."""
+    """No user yet: `connect` creates app-owned grants and pins each one (by provider) into the session.
+
+    Its pins live in this object, so its scope is its own unless one is given.
+    """
 
     pinned: dict[str, str] = field(default_factory=dict)
-    memory: _Memory = field(default_factory=_Memory, repr=False)
+    scope: str = field(default_factory=lambda: f"headless-{uuid.uuid4().hex[:16]}")
 
 
 @dataclass
 class LocalSession:
     """The machine's single user: resolves by provider over the app's own grants (local mode)."""
 
-    memory: _Memory = field(default_factory=_Memory, repr=False)
+    scope: str = DEFAULT_SCOPE
 
 
 Session = UserSession | GrantSession | HeadlessSession | LocalSession
-
-
-def token_key(user_token: str | None) -> str:
-    """Key per-user memory in a session shared by many users, stable across token renewals.
-
-    The unverified `sub` is enough here: memory only pre-fills `account`, and every call is still
-    resolved against the verified identity, so a forged `sub` reaches nothing. Keys are remembered
-    per token digest (never the token itself): a JWT comes with every call of its lifetime, and
-    decoding it costs far more than the lookup.
-    """
-    if not user_token:
-        return ""
-    digest = hashlib.sha256(user_token.encode()).digest()
-    key = _TOKEN_KEYS.get(digest)
-    if key is None:
-        if len(_TOKEN_KEYS) >= _MAX_TOKEN_KEYS:
-            _TOKEN_KEYS.clear()
-        key = _TOKEN_KEYS[digest] = _token_key(user_token)
-    return key
-
-
-_TOKEN_KEYS: dict[bytes, str] = {}
-_MAX_TOKEN_KEYS = 4096
-
-
-def _token_key(user_token: str) -> str:
-    try:
-        sub = jwt.decode(user_token, options={"verify_signature": False}).get("sub")
-    except jwt.InvalidTokenError:
-        sub = None
-    digest = hashlib.sha256((str(sub) if sub else user_token).encode()).hexdigest()
-    return digest[:32]

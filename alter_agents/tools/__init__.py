@@ -1,4 +1,4 @@
-"""The `request` and `connect` tools, framework-neutral (DESIGN §5). Surfaces only render these.
+"""The `request`, `connect` and `accounts` tools, framework-neutral (DESIGN §5). Surfaces only render these.
 
 Every failure becomes one `ToolErrorPayload` with a stable `code`; nothing here imports MCP or LangChain.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from alter_agents.app import App
 from alter_agents.sessions import Session
+from alter_agents.tools.accounts import ACCOUNTS_DESCRIPTION, AccountsArgs, AccountsResult, AccountsTool
 from alter_agents.tools.args import (
     ConnectArgs,
     GrantRequestArgs,
@@ -25,11 +26,14 @@ from alter_agents.tools.request import (
 from alter_agents.tools.results import ConnectResultOut, RequestResult, internal_payload, shielded
 
 __all__ = [
+    "ACCOUNTS_DESCRIPTION",
     "CONNECT_DESCRIPTION",
     "DEFAULT_CONNECT_WAIT",
     "DEFAULT_MAX_BODY_BYTES",
     "GRANT_REQUEST_DESCRIPTION",
     "REQUEST_DESCRIPTION",
+    "AccountsArgs",
+    "AccountsResult",
     "AlterTools",
     "CallContext",
     "ChooseAccount",
@@ -47,7 +51,7 @@ __all__ = [
 ]
 
 
-class AlterTools(RequestTool, ConnectTool):
+class AlterTools(RequestTool, ConnectTool, AccountsTool):
     """The tools bound to one session. Safe to share across concurrent calls and users."""
 
     def __init__(

@@ -31,8 +31,17 @@ class GrantRequestArgs(BaseModel):
     headers: dict[str, str] | None = Field(
         None, description='Extra headers, e.g. {"Accept": "application/json"}. Never credentials.'
     )
-    json_body: Any = Field(None, alias="json", description="JSON request body for POST/PUT/PATCH.")
-    body: str | None = Field(None, description="Raw text request body, when not JSON.")
+    json_body: dict[str, Any] | list[Any] | None = Field(
+        None, alias="json",
+        description="JSON request body (an object or an array), sent as application/json; charset=utf-8. Pass "
+                    "the value itself: do not pre-serialise it into a string.",
+    )
+    body: str | None = Field(
+        None,
+        description="Raw text request body, only when the body is not JSON (give json or body, not both). Sent "
+                    "as UTF-8 with Content-Type text/plain; charset=utf-8 unless headers sets another "
+                    "Content-Type (e.g. application/x-www-form-urlencoded).",
+    )
 
     @field_validator("method", mode="before")
     @classmethod
@@ -70,9 +79,13 @@ class RequestArgs(GrantRequestArgs):
 class ConnectArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    provider: str = Field(description="Provider to link, e.g. github, google, slack.")
+    provider: str = Field(description="Provider id to link, as listed by the accounts tool, e.g. github, google.")
     scopes: list[str] | None = Field(None, description="OAuth scopes to ask for; default: the provider's.")
     label: str | None = Field(None, description="A name for this account, e.g. work or personal.")
+    account: str | None = Field(
+        None, description="An account to re-authorise or upgrade (identifier or label): that same grant is "
+                          "renewed, and the sign-in page is pre-filled with it where the provider allows.",
+    )
 
 
 

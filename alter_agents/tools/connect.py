@@ -1,71 +1,114 @@
-"""The `connect` tool: start (or check on) a connect flow and wait a while for the user."""
+"""The `connect` tool: start a connect flow, or report on the one already under way.
+
+The flow a caller started is remembered in the vault under its *verified* owner and provider, so a
+second call — on this process or another replica — returns the same link until it expires, and the
+connected account once the user finished. Where the link can only reach the human through the model,
+`pending` comes back at once; the tool waits (with progress) only where the human already has it.
+"""
 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+import time
+from datetime import datetime
 
-from alter_agents.errors import ConnectDeniedError, ConnectError, ConnectTimeoutError, InvalidArgumentsError
-from alter_agents.models import ConnectStart, GrantRef, ToolErrorPayload
-from alter_agents.sessions import GrantSession, HeadlessSession, LocalSession, token_key
+from pydantic import BaseModel
+
+from alter_agents.errors import AlterError, ConnectDeniedError, ConnectError, ConnectTimeoutError, InvalidArgumentsError
+from alter_agents.models import ConnectResult, ConnectStart, GrantRef, ToolErrorPayload
+from alter_agents.sessions import GrantSession, HeadlessSession, LocalSession
 from alter_agents.tools.args import ConnectArgs, validate_args
 from alter_agents.tools.context import CallContext, ToolsBase
 from alter_agents.tools.results import ConnectResultOut, shielded
+from alter_agents.vault.memory import MemoryKey
 
 DEFAULT_CONNECT_WAIT = 60.0
 CONNECT_DESCRIPTION = (
-    "Link an account for a provider; the user finishes in the browser. Returns status 'connected' with "
-    "the account, or 'pending' with a connect_url to show the user — call connect again with the same "
-    "provider to learn whether they finished."
+    "Link an account for a provider (provider ids: see the `accounts` tool); the user finishes in the "
+    "browser. Returns status 'connected' with the account, or 'pending' with a connect_url: show it to the "
+    "user, and after they finish call connect again with the same provider (it returns the same link until "
+    "it expires, then the connected account). To re-authorise an account that needs it (reauth_required), "
+    "pass its identifier or label as `account`: that same grant is renewed. To link one more account of a "
+    "provider already connected, give it a new `label`."
 )
+
+
+class _Flow(BaseModel):
+    """A connect flow as remembered for its caller."""
+
+    start: ConnectStart
+    label: str | None = None
+    account: str | None = None
 
 
 class ConnectTool(ToolsBase):
     """`connect`, as a mixin of `AlterTools`."""
 
-    async def run_connect(self, args: ConnectArgs | dict[str, Any], call: CallContext | None = None
+    async def run_connect(self, args: ConnectArgs | dict[str, object], call: CallContext | None = None
                           ) -> ConnectResultOut | ToolErrorPayload:
         return await shielded(self.connect(args, call))
 
-    async def connect(self, args: ConnectArgs | dict[str, Any], call: CallContext | None = None) -> ConnectResultOut:
-        """Start (or check on) a connect flow and wait a while for the user. Raises typed `AlterError`s."""
+    async def connect(self, args: ConnectArgs | dict[str, object], call: CallContext | None = None
+                      ) -> ConnectResultOut:
+        """Start (or report on) a connect flow. Raises typed `AlterError`s."""
         parsed = validate_args(ConnectArgs, args)
         ctx = self._context(call)
         if isinstance(self.session, GrantSession):
             raise InvalidArgumentsError("This session is pinned to one grant; connecting accounts is not available.",
-                                        retryable=False, user_action="none")
+                                        user_action="none")
         spec = self.app.providers.get(parsed.provider)
         if spec.kind != "oauth2":
             raise InvalidArgumentsError(
                 f"{spec.name} uses an API key that an operator adds (alter-agents secrets add {spec.name} ...), "
                 "not a browser sign-in; ask the user to have it added.",
-                provider=spec.name, retryable=False, user_action="none",
+                provider=spec.name, user_action="ask_operator",
             )
         token = await self._user_token(ctx)
-        key = (token_key(token), spec.name)
-        memory = self.session.memory
-        start = memory.pending.get(key)
-        if start is not None:
-            status = await self.app.vault.connect_status(start.session_id)
-            if status.status == "expired":
-                memory.pending.pop(key, None)
-                raise ConnectTimeoutError(
-                    f"The user did not finish connecting {spec.name} before the link expired. Call connect "
-                    "again for a new link.", provider=spec.name,
-                )
-        else:
-            headless = isinstance(self.session, HeadlessSession | LocalSession)
-            start = await self.app.start_connect(spec.name, user_token=token, label=parsed.label,
-                                                 scopes=parsed.scopes, headless=headless)
-            memory.pending[key] = start
-            if ctx.on_connect_url is not None:
-                announced = ctx.on_connect_url(start)
-                if inspect.isawaitable(announced):
-                    await announced
-        return await self._await_connect(start, key, ctx)
+        key = await self._memory_key(token, "connect", spec.name)  # verifies the caller before any lookup
+        memory = self.app.vault.memory
+        remembered = await memory.recall(key)
+        flow = _Flow.model_validate_json(remembered) if remembered else None
+        if flow is not None and _same_request(flow, parsed):
+            outcome = await self._report(flow, key, parsed, ctx)
+            if outcome is not None:
+                return outcome
+        login_hint = await self._login_hint(spec.name, parsed.account, token)
+        start = await self.app.start_connect(spec.name, user_token=token, label=parsed.label, scopes=parsed.scopes,
+                                             headless=isinstance(self.session, HeadlessSession | LocalSession),
+                                             login_hint=login_hint)
+        flow = _Flow(start=start, label=parsed.label, account=parsed.account)
+        await memory.remember(key, flow.model_dump_json(), _seconds_until(start.expires_at))
+        shown = ctx.link_shown or await _announce(ctx, start)
+        return await self._await_connect(flow, key, ctx, self.connect_wait if shown else 0.0)
 
-    async def _await_connect(self, start: ConnectStart, key: tuple[str, str], ctx: CallContext) -> ConnectResultOut:
-        wait = self.connect_wait
+    async def _report(self, flow: _Flow, key: MemoryKey, parsed: ConnectArgs, ctx: CallContext
+                      ) -> ConnectResultOut | None:
+        """The state of the caller's earlier flow; None when a new flow should start."""
+        status = await self.app.vault.connect_status(flow.start.session_id)
+        if status.status == "pending":
+            return await self._await_connect(flow, key, ctx, self.connect_wait if ctx.link_shown else 0.0)
+        if status.status == "completed" and status.results:
+            result = status.results[0]
+            if parsed.account and not _names(result, parsed.account):
+                return None  # that flow linked another account; this call asks for a different one
+            return self._connected(result)
+        await self.app.vault.memory.forget(key)
+        provider = flow.start.provider
+        if status.status == "expired":
+            raise ConnectTimeoutError(
+                f"The user did not finish connecting {provider} before the link expired. Call connect again "
+                "for a new link.", provider=provider,
+            )
+        if status.status == "denied":
+            raise ConnectDeniedError(
+                f"The user did not grant access to {provider}. Call connect again only if they ask to.",
+                provider=provider,
+            )
+        raise ConnectError(f"Connecting {provider} failed ({status.error or status.status}). Call connect again "
+                           "to retry.", provider=provider, user_action="connect")
+
+    async def _await_connect(self, flow: _Flow, key: MemoryKey, ctx: CallContext, wait: float) -> ConnectResultOut:
+        start = flow.start
 
         async def progress(elapsed: float, message: str) -> None:
             if ctx.progress is not None:
@@ -75,24 +118,70 @@ class ConnectTool(ToolsBase):
             status = await self.app.vault.wait_connect(start.session_id, wait, progress)
         except ConnectTimeoutError:
             return ConnectResultOut(
-                status="pending", connect_url=start.connect_url, expires_at=start.expires_at,
-                message=f"Waiting for the user to sign in to {start.provider}. Show them connect_url; call "
-                        "connect again with the same provider to learn whether they finished.",
+                status="pending", provider=start.provider, connect_url=start.connect_url,
+                expires_at=start.expires_at,
+                message=f"Show the user connect_url to sign in to {start.provider} (it works until expires_at). "
+                        "After they finish, call connect again with the same provider to get the account.",
             )
         except ConnectDeniedError:
-            self.session.memory.pending.pop(key, None)
+            await self.app.vault.memory.forget(key)
             raise ConnectDeniedError(
                 f"The user did not grant access to {start.provider}. Call connect again only if they ask to.",
                 provider=start.provider,
             ) from None
         except ConnectError as exc:
-            self.session.memory.pending.pop(key, None)
+            await self.app.vault.memory.forget(key)
             raise ConnectError(f"{exc.message} Call connect again to retry.", provider=start.provider,
-                               retryable=True, user_action="connect") from None
-        self.session.memory.pending.pop(key, None)
-        result = status.results[0]
+                               user_action="connect") from None
+        return self._connected(status.results[0])
+
+    def _connected(self, result: ConnectResult) -> ConnectResultOut:
         if isinstance(self.session, HeadlessSession):
             self.session.pinned[result.provider] = result.grant_id
         grant = GrantRef(provider=result.provider, account=result.account, label=result.label)
-        return ConnectResultOut(status="connected", grant=grant, grant_id=result.grant_id,
-                                message=f"Connected {result.provider} account {result.account}.")
+        verb = "Re-authorised" if result.operation == "reauth" else "Connected"
+        return ConnectResultOut(
+            status="connected", provider=result.provider, grant=grant, grant_id=result.grant_id,
+            message=f"{verb} {result.provider} account {result.account}. To link another {result.provider} "
+                    "account, call connect with a new label.",
+        )
+
+    async def _login_hint(self, provider: str, account: str | None, token: str | None) -> str | None:
+        """The account identifier `account` names among the caller's grants (identifier or label), else itself."""
+        if not account or isinstance(self.session, HeadlessSession):
+            return account
+        try:
+            grants = await self.app.vault.list_grants(user_token=token, provider=provider)
+        except AlterError:
+            return account
+        wanted = account.strip().casefold()
+        for grant in grants:
+            if wanted in (grant.account.casefold(), (grant.label or "").casefold()):
+                return grant.account
+        return account
+
+
+def _same_request(flow: _Flow, parsed: ConnectArgs) -> bool:
+    """A call without label/account (or with the flow's own) is about the flow already under way."""
+    if parsed.label is not None and parsed.label != flow.label:
+        return False
+    return parsed.account is None or flow.account is None or parsed.account.casefold() == flow.account.casefold()
+
+
+def _names(result: ConnectResult, account: str) -> bool:
+    wanted = account.strip().casefold()
+    return wanted in (result.account.casefold(), (result.label or "").casefold())
+
+
+async def _announce(ctx: CallContext, start: ConnectStart) -> bool:
+    """Hand the link to the surface's hook; True when the human was shown it (the hook did not say False)."""
+    if ctx.on_connect_url is None:
+        return False
+    shown = ctx.on_connect_url(start)
+    if inspect.isawaitable(shown):
+        shown = await shown
+    return shown is not False
+
+
+def _seconds_until(moment: datetime) -> float:
+    return max(moment.timestamp() - time.time(), 1.0)

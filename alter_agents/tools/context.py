@@ -8,12 +8,14 @@ from dataclasses import dataclass, replace
 
 from alter_agents.app import App
 from alter_agents.models import AccountRef, ConnectStart
-from alter_agents.sessions import GrantSession, Session, UserSession
+from alter_agents.sessions import GrantSession, HeadlessSession, LocalSession, Session, UserSession
+from alter_agents.vault.memory import MemoryKey, MemoryKind
 
 log = logging.getLogger("alter_agents.tools")
 
 ChooseAccount = Callable[[str, list[AccountRef]], Awaitable[str | None]]
-OnConnectUrl = Callable[[ConnectStart], Awaitable[None] | None]
+# Shows the link to the human; returning False says it did not (the link then travels through the model).
+OnConnectUrl = Callable[[ConnectStart], Awaitable[bool | None] | bool | None]
 Progress = Callable[[float, float | None, str], Awaitable[None]]
 
 
@@ -25,10 +27,13 @@ class CallContext:
     choose_account: ChooseAccount | None = None
     on_connect_url: OnConnectUrl | None = None
     progress: Progress | None = None
+    link_shown: bool = False  # the human already has the connect link (e.g. URL elicitation accepted)
 
 
-async def _log_connect_url(start: ConnectStart) -> None:
-    log.info("Open this URL to connect %s: %s", start.provider, start.connect_url)
+async def _log_connect_url(start: ConnectStart) -> bool:
+    """The default: no way to reach the human, so the link goes back to the model at once."""
+    log.info("Connect link for %s issued (it is returned to the model)", start.provider)
+    return False
 
 
 class ToolsBase:
@@ -62,4 +67,8 @@ class ToolsBase:
             return await self.session.user_token()
         return None
 
-    # -- request ------------------------------------------------------------------------------
+    async def _memory_key(self, token: str | None, kind: MemoryKind, provider: str) -> MemoryKey:
+        """Key the caller's memory by its *verified* owner: raises before anything is read for a bad token."""
+        headless = isinstance(self.session, HeadlessSession | LocalSession)
+        owner = await self.app.vault.principal(token, headless=headless)
+        return MemoryKey(owner=owner, scope=self.session.scope, kind=kind, name=provider)

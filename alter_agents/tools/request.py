@@ -3,29 +3,40 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import logging
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import httpx
 
-from alter_agents.errors import AmbiguousGrantError, NotConnectedError
+from alter_agents.errors import AlterError, AmbiguousGrantError, NotConnectedError
 from alter_agents.models import AccountRef, ApiResponse, ToolErrorPayload
-from alter_agents.sessions import GrantSession, HeadlessSession, token_key
+from alter_agents.sessions import GrantSession, HeadlessSession
 from alter_agents.tools.args import GrantRequestArgs, RequestArgs, refuse_credential_headers, validate_args
 from alter_agents.tools.context import CallContext, ToolsBase
 from alter_agents.tools.results import RequestResult, shielded
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
+REMEMBER_SECONDS = 30 * 24 * 3600.0  # an account choice is remembered this long after its last use
+TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
+log = logging.getLogger("alter_agents.tools")
+_T = TypeVar("_T")
 _USEFUL_HEADERS = ("content-type", "location", "link", "retry-after", "etag", "last-modified")
 
 REQUEST_DESCRIPTION = (
-    "Call a connected provider's HTTP API as the current user. Credentials are added for you: never put "
-    "tokens or Authorization headers in the call. An HTTP error status from the API is returned as a "
-    "result to read, not as a tool error. If several accounts are connected for the provider you get an "
-    "ambiguous_grant error listing them: call again with `account` set to one of them."
+    "Call a connected provider's HTTP API as the current user. Credentials are added for you and are only "
+    "ever sent to that provider's own API hosts (the `accounts` tool lists each provider's hosts); a URL on "
+    "any other host is refused with host_not_allowed and nothing is sent — `provider` cannot change that. "
+    "Never put tokens or Authorization headers in the call. An HTTP error status from the API is returned "
+    "as a result to read, not as a tool error. If several accounts are connected for the provider you get "
+    "an ambiguous_grant error listing them: call again with `account` set to one of them. Every error says "
+    "whether the request was sent (`sent`) and whether the same call may succeed later (`retryable`)."
 )
 GRANT_REQUEST_DESCRIPTION = (
-    "Call this session's connected API over HTTP. Credentials are added for you: never put tokens or "
-    "Authorization headers in the call. An HTTP error status from the API is returned as a result to read."
+    "Call this session's connected API over HTTP. Credentials are added for you and are only ever sent to "
+    "the provider's own API hosts; a URL on any other host is refused with host_not_allowed and nothing is "
+    "sent. Never put tokens or Authorization headers in the call. An HTTP error status from the API is "
+    "returned as a result to read."
 )
 
 
@@ -46,12 +57,19 @@ class RequestTool(ToolsBase):
         return await shielded(self.request(args, call))
 
     async def request(self, args: GrantRequestArgs | dict[str, Any], call: CallContext | None = None) -> RequestResult:
-        """Resolve the grant for the call, send it, shape the response. Raises typed `AlterError`s."""
-        return self._shape(*await self.respond(args, call))
+        """Resolve the grant for the call, send it, shape the response. Raises typed `AlterError`s with `sent`."""
+        return await _with_sent(self._shaped(args, call))
 
     async def respond(self, args: GrantRequestArgs | dict[str, Any], call: CallContext | None = None
                       ) -> tuple[ApiResponse, str | None]:
         """`request` before shaping: the httpx response (as `App.request` returns it) and a note for the model."""
+        return await _with_sent(self._respond(args, call))
+
+    async def _shaped(self, args: GrantRequestArgs | dict[str, Any], call: CallContext | None) -> RequestResult:
+        return self._shape(*await self._respond(args, call))
+
+    async def _respond(self, args: GrantRequestArgs | dict[str, Any], call: CallContext | None
+                       ) -> tuple[ApiResponse, str | None]:
         parsed = validate_args(self.request_args_model, args)
         ctx = self._context(call)
         refuse_credential_headers(parsed.headers)
@@ -68,29 +86,42 @@ class RequestTool(ToolsBase):
                 raise NotConnectedError(provider)
         else:
             provider = provider or self.app.infer_provider(parsed.url)
-        memory, key = self.session.memory, (token_key(token), provider or "")
-        note = None
-        if grant_id is None and account is None and self.remember_account and key in memory.chosen:
-            account = memory.chosen[key]
-            note = f"Used {account}, the {provider} account chosen earlier in this session; pass account to change."
+        note, chosen_here = None, account is not None
         try:
             response = await self._send(parsed, provider, account, grant_id, token)
-        except NotConnectedError:
-            if note is None:
-                raise
-            memory.chosen.pop(key, None)  # the remembered account is gone: resolve afresh
-            account, note = None, None
-            response = await self._send(parsed, provider, None, grant_id, token)
         except AmbiguousGrantError as exc:
-            chosen = await ctx.choose_account(exc.provider, exc.accounts) if ctx.choose_account else None
-            if not chosen or not any(_names(ref, chosen) for ref in exc.accounts):
-                raise
-            account = chosen
-            note = f"Used {chosen}, chosen by the user."
-            response = await self._send(parsed, provider, chosen, None, token)
-        if account and grant_id is None and self.remember_account:
-            memory.chosen[key] = account
+            response, account, note, chosen_here = await self._disambiguate(exc, parsed, provider, token, ctx)
+        if account and chosen_here and grant_id is None and self.remember_account and provider:
+            await self._remember_account(token, provider, account)
         return response, note
+
+    async def _remember_account(self, token: str | None, provider: str, account: str) -> None:
+        """Remember the account for later ambiguous calls; a read first, so repeating a choice writes nothing."""
+        key = await self._memory_key(token, "account", provider)
+        memory = self.app.vault.memory
+        if await memory.recall(key) != account:
+            await memory.remember(key, account, REMEMBER_SECONDS)
+
+    async def _disambiguate(self, exc: AmbiguousGrantError, parsed: GrantRequestArgs, provider: str | None,
+                            token: str | None, ctx: CallContext) -> tuple[ApiResponse, str, str, bool]:
+        """Several accounts fit: the one chosen earlier by this verified user, else the human's choice."""
+        if self.remember_account and provider:
+            key = await self._memory_key(token, "account", provider)
+            remembered = await self.app.vault.memory.recall(key)
+            if remembered and any(_names(ref, remembered) for ref in exc.accounts):
+                note = f"Used {remembered}, the {provider} account chosen earlier in this session; pass account " \
+                       "to change."
+                try:
+                    return await self._send(parsed, provider, remembered, None, token), remembered, note, False
+                except NotConnectedError:
+                    pass  # the remembered account is gone: ask afresh
+            if remembered:
+                await self.app.vault.memory.forget(key)
+        chosen = await ctx.choose_account(exc.provider, exc.accounts) if ctx.choose_account else None
+        if not chosen or not any(_names(ref, chosen) for ref in exc.accounts):
+            raise exc
+        response = await self._send(parsed, provider, chosen, None, token)
+        return response, chosen, f"Used {chosen}, chosen by the user.", True
 
     def _pinned_provider(self, url: str) -> str:
         """In a headless session, the one pinned provider whose hosts include the URL's."""
@@ -102,9 +133,12 @@ class RequestTool(ToolsBase):
     async def _send(self, args: GrantRequestArgs, provider: str | None, account: str | None,
                     grant_id: str | None, token: str | None) -> ApiResponse:
         content = args.body.encode() if args.body is not None else None
+        headers = args.headers
+        if content is not None and not any(name.lower() == "content-type" for name in headers or {}):
+            headers = {**(headers or {}), "Content-Type": TEXT_CONTENT_TYPE}
         return await self.app.request(
             args.method, args.url, provider=None if grant_id else provider, grant_id=grant_id, account=account,
-            user_token=token, query=args.query, headers=args.headers, json=args.json_body, content=content,
+            user_token=token, query=args.query, headers=headers, json=args.json_body, content=content,
         )
 
     def _shape(self, response: ApiResponse, note: str | None) -> RequestResult:
@@ -115,6 +149,22 @@ class RequestTool(ToolsBase):
                              truncated=truncated or response.truncated, grant=response.grant, note=note)
 
     # -- connect ------------------------------------------------------------------------------
+
+
+async def _with_sent(work: Awaitable[_T]) -> _T:
+    """Every error of `request` says whether the call left the process (`sent`)."""
+    try:
+        return await work
+    except AlterError as exc:
+        if exc.sent is None:
+            exc.sent = False  # raised before the credential left the vault: nothing was sent
+        raise
+    except Exception as exc:  # a fault of ours: we cannot tell whether the call went out, so say it may have
+        log.exception("request failed")
+        fault = AlterError(f"Internal error ({type(exc).__name__}); the request may have been sent, so check "
+                           "before repeating a write.", retryable=False, user_action="none")
+        fault.sent = True
+        raise fault from None
 
 
 def _body(response: ApiResponse, limit: int) -> tuple[Any, bool]:

@@ -29,6 +29,7 @@ class RequestResult(BaseModel):
 
 class ConnectResultOut(BaseModel):
     status: Literal["connected", "pending"]
+    provider: str | None = None
     grant: GrantRef | None = None
     grant_id: str | None = None
     connect_url: str | None = None
@@ -37,10 +38,10 @@ class ConnectResultOut(BaseModel):
 
 
 
-def internal_payload(reason: str) -> ToolErrorPayload:
-    """The error a model gets for a fault of ours: typed, retryable, and without a traceback."""
+def internal_payload(reason: str, *, sent: bool | None = None) -> ToolErrorPayload:
+    """The error a model gets for a fault of ours: typed, and without a traceback."""
     body = ToolErrorBody(code="internal", message=f"Internal error ({reason}); try again later.",
-                         retryable=True, user_action="retry_later")
+                         retryable=True, user_action="retry_later", sent=sent)
     return ToolErrorPayload(error=body)
 
 
