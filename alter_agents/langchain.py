@@ -1,4 +1,4 @@
-"""`AlterToolkit`: the `request` and `connect` tools for LangChain agents.
+"""`AlterToolkit`: the `request`, `connect` and `accounts` tools for LangChain agents.
 
     toolkit = AlterToolkit(app, session=UserSession())
     tools = toolkit.get_tools()
@@ -28,7 +28,9 @@ from alter_agents.grant_tools import GrantTool
 from alter_agents.models import ToolErrorPayload
 from alter_agents.sessions import GrantSession, Session, UserSession
 from alter_agents.tools import (
+    ACCOUNTS_DESCRIPTION,
     CONNECT_DESCRIPTION,
+    AccountsArgs,
     AlterTools,
     CallContext,
     ChooseAccount,
@@ -89,7 +91,7 @@ class _AlterTool(StructuredTool):
 
 
 class AlterToolkit(BaseToolkit):
-    """`request` and `connect` as async LangChain tools bound to one session.
+    """`request`, `connect` and `accounts` as async LangChain tools bound to one session.
 
     `session` defaults to `UserSession()`: the JWT of each call comes from
     `config["configurable"]["user_token"]` (see `user_config`), so one toolkit can serve many users;
@@ -129,10 +131,11 @@ class AlterToolkit(BaseToolkit):
         self._extra = list(extra_tools)
 
     def get_tools(self) -> list[BaseTool]:
-        """`[request, connect]`; a pinned-grant session gets `request` only (no provider, no account)."""
+        """`[request, connect, accounts]`; a pinned-grant session gets `request` only (no provider, no account)."""
         result: list[BaseTool] = [self._request_tool()]
         if not isinstance(self.tools.session, GrantSession):
             result.append(self._connect_tool())
+            result.append(self._accounts_tool())
         result.extend(self._grant_tool(extra) for extra in self._extra)
         return result
 
@@ -156,6 +159,14 @@ class AlterToolkit(BaseToolkit):
             return _rendered(await tools.run_connect(arguments, self._call(config)))
 
         return _make_tool(connect, "connect", CONNECT_DESCRIPTION, ConnectArgs)
+
+    def _accounts_tool(self) -> BaseTool:
+        tools = self.tools
+
+        async def accounts(config: RunnableConfig, **arguments: Any) -> tuple[str, BaseModel]:
+            return _rendered(await tools.run_accounts(arguments, self._call(config)))
+
+        return _make_tool(accounts, "accounts", ACCOUNTS_DESCRIPTION, AccountsArgs)
 
 
     def _grant_tool(self, extra: GrantTool) -> BaseTool:

@@ -1,4 +1,4 @@
-"""Build the MCP server: the `request` and `connect` tools of `alter_agents.tools`, rendered for MCP.
+"""Build the MCP server: the `request`, `connect` and `accounts` tools of `alter_agents.tools`, rendered for MCP.
 
 The server holds no resolution logic. Each call runs the framework-neutral tool and renders its
 result (or its error payload) as `structuredContent` plus the same JSON as text, `isError` for errors.
@@ -8,7 +8,6 @@ The declared `outputSchema` admits both shapes, since some clients validate erro
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -27,8 +26,11 @@ from alter_agents.grant_tools import GrantTool
 from alter_agents.models import ToolErrorPayload
 from alter_agents.sessions import Session
 from alter_agents.tools import (
+    ACCOUNTS_DESCRIPTION,
     CONNECT_DESCRIPTION,
     DEFAULT_CONNECT_WAIT,
+    AccountsArgs,
+    AccountsResult,
     AlterTools,
     CallContext,
     ConnectArgs,
@@ -43,8 +45,9 @@ from mcp_server.schema import output_schema
 
 SERVER_NAME = "alter-agents"
 INSTRUCTIONS = (
-    "Use `request` to call a connected provider's HTTP API as the user; credentials are added for you. "
-    "If no account is connected, call `connect` and show the user the link it returns."
+    "Use `request` to call a connected provider's HTTP API as the user; credentials are added for you and "
+    "only ever go to that provider's own API hosts. `accounts` lists the connected accounts, the provider ids "
+    "and their hosts. If no account is connected, call `connect` and show the user the link it returns."
 )
 ToolReturn = CallToolResult | InputRequiredResult
 _Body = Callable[[dict[str, Any], Context[Any, Any]], Awaitable[ToolReturn]]
@@ -57,6 +60,10 @@ REQUEST_ANNOTATIONS = ToolAnnotations(
 CONNECT_ANNOTATIONS = ToolAnnotations(
     title="Link an account", read_only_hint=False, destructive_hint=False, idempotent_hint=True,
     open_world_hint=True,
+)
+ACCOUNTS_ANNOTATIONS = ToolAnnotations(
+    title="List connected accounts", read_only_hint=True, destructive_hint=False, idempotent_hint=True,
+    open_world_hint=False,
 )
 
 
@@ -84,6 +91,8 @@ def build_server(
     if not surface.tools.pinned:
         tools.append(_tool("connect", CONNECT_DESCRIPTION, CONNECT_ANNOTATIONS, ConnectArgs, ConnectResultOut,
                            surface.connect))
+        tools.append(_tool("accounts", ACCOUNTS_DESCRIPTION, ACCOUNTS_ANNOTATIONS, AccountsArgs, AccountsResult,
+                           surface.accounts))
     for extra in extra_tools:
         tools.append(_tool(extra.name, extra.description, _grant_annotations(extra),
                            extra.schema_model(surface.tools), extra.result_model, surface.grant_tool(extra)))
@@ -104,8 +113,6 @@ class _Surface:
 
     def __init__(self, app: App, session: Session, connect_wait: float) -> None:
         self.tools = AlterTools(app, session, connect_wait=connect_wait)
-        # Same session (so the same pending flows), but returns the connect URL at once.
-        self._no_wait = AlterTools(app, session, connect_wait=0.0)
 
     async def request(self, arguments: dict[str, Any], ctx: Context[Any, Any]) -> ToolReturn:
         return await self._scoped(self.tools.run_request, not self.tools.pinned, arguments, ctx)
@@ -135,28 +142,33 @@ class _Surface:
                 return question
         return render(result)
 
+    async def accounts(self, arguments: dict[str, Any], ctx: Context[Any, Any]) -> ToolReturn:
+        return render(await self.tools.run_accounts(arguments, CallContext(user_token=request_jwt())))
+
     async def connect(self, arguments: dict[str, Any], ctx: Context[Any, Any]) -> ToolReturn:
+        """The link goes to the human by URL elicitation where the client can (then the call waits, with
+        progress); otherwise `pending` with the link comes back to the model at once."""
         reach = ClientReach(ctx)
         provider = str(arguments.get("provider", ""))
-        call = CallContext(user_token=request_jwt(), progress=_progress(ctx))
+        token = request_jwt()
         accepted, offered = reach.url_answer()
         if offered is not None and not accepted:
             return render(offered)
-        if offered is None and reach.can_url:
-            first = await self._no_wait.run_connect(arguments, CallContext(user_token=call.user_token))
-            if not isinstance(first, ConnectResultOut) or first.status != "pending":
-                return render(first)
-            question = reach.offer_url(provider, first)
-            if question is not None:
-                return question
-            elicitation_id = await reach.open_url(provider, first)
-            if elicitation_id is None:
-                return render(first)
-            result = await self.tools.run_connect(arguments, call)
-            if isinstance(result, ConnectResultOut) and result.status == "connected":
-                await reach.completed(elicitation_id)
-            return render(result)
-        return render(await self.tools.run_connect(arguments, call))
+        if offered is not None:  # 2026-07-28: the human opened the link we offered; wait for them
+            return render(await self.tools.run_connect(arguments, _shown(token, ctx)))
+        first = await self.tools.run_connect(arguments, CallContext(user_token=token))
+        if not reach.can_url or not isinstance(first, ConnectResultOut) or first.status != "pending":
+            return render(first)
+        question = reach.offer_url(provider, first)
+        if question is not None:
+            return question
+        elicitation_id = await reach.open_url(provider, first)
+        if elicitation_id is None:
+            return render(first)
+        result = await self.tools.run_connect(arguments, _shown(token, ctx))
+        if isinstance(result, ConnectResultOut) and result.status == "connected":
+            await reach.completed(elicitation_id)
+        return render(result)
 
 
 def _package_version() -> str:
@@ -180,6 +192,11 @@ def _grant_annotations(extra: GrantTool) -> ToolAnnotations:
                            destructive_hint=not extra.read_only, open_world_hint=True)
 
 
+def _shown(token: str | None, ctx: Context[Any, Any]) -> CallContext:
+    """A call whose human already has the connect link: it waits for them, reporting progress."""
+    return CallContext(user_token=token, progress=_progress(ctx), link_shown=True)
+
+
 def _progress(ctx: Context[Any, Any]) -> Callable[[float, float | None, str], Awaitable[None]]:
     async def report(done: float, total: float | None, message: str) -> None:
         await ctx.report_progress(done, total, message)
@@ -187,27 +204,29 @@ def _progress(ctx: Context[Any, Any]) -> Callable[[float, float | None, str], Aw
     return report
 
 
+class _RawArgumentsTool(Tool):
+    """A tool that hands the client's arguments, as sent, to our own validation.
+
+    The SDK's argument model would drop an undeclared argument silently and JSON-decode strings; our
+    models refuse the first with `invalid_arguments` (e.g. `data` instead of `json`), and a text `body`
+    stays text.
+    """
+
+    async def run(self, arguments: dict[str, Any], context: Context[Any, Any], convert_result: bool = False) -> Any:
+        result = await self.fn(ctx=context, arguments=arguments)
+        return self.fn_metadata.convert_result(result) if convert_result else result
+
+
 def _tool(name: str, description: str, annotations: ToolAnnotations, arguments: type[BaseModel],
           result: type[BaseModel], body: _Body) -> Tool:
     """A tool whose flat input schema is `arguments`' fields and whose output admits result or error."""
 
-    async def call(ctx: Context[Any, Any], **values: Any) -> ToolReturn:
-        return await body({k: v for k, v in values.items() if v is not None}, ctx)
+    async def call(ctx: Context[Any, Any], arguments: dict[str, Any] | None = None) -> ToolReturn:
+        return await body({k: v for k, v in (arguments or {}).items() if v is not None}, ctx)
 
     call.__name__ = name
-    # Every argument reaches the SDK typed `Any` and optional (null = absent), so it never rejects a call with a
-    # plain-text error: `arguments`' own validation does, with the structured `invalid_arguments`.
-    parameters = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
-    hints: dict[str, Any] = {"ctx": Context}
-    for field_name, field in arguments.model_fields.items():
-        key = field.alias or field_name
-        parameters.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Any))
-        hints[key] = Any
-    returns = Annotated[CallToolResult, result] | InputRequiredResult
-    hints["return"] = returns
-    call.__signature__ = inspect.Signature(parameters, return_annotation=returns)  # type: ignore[attr-defined]
-    call.__annotations__ = hints
-    tool = Tool.from_function(call, name=name, description=description, annotations=annotations)
+    call.__annotations__ = {**call.__annotations__, "return": Annotated[CallToolResult, result] | InputRequiredResult}
+    tool = _RawArgumentsTool.from_function(call, name=name, description=description, annotations=annotations)
     tool.fn_metadata.output_schema = output_schema(result)
     # The model sees the real schema, every constraint included.
     tool.parameters = arguments.model_json_schema(by_alias=True)

@@ -160,7 +160,9 @@ def story(code: str) -> Callable[[Any], Any]:
 @story("not_connected")
 async def _not_connected(s: Story) -> Any:
     outcome = await AlterTools(s.app, UserSession(s.alice())).run_request({"url": s.echo, "provider": "google"})
-    return outcome, lambda e: e["provider"] == "google" and e["user_action"] == "connect"
+    # A plain retry cannot succeed (retryable false) and nothing went out (sent false).
+    return outcome, lambda e: (e["provider"], e["user_action"], e["retryable"], e["sent"]) == (
+        "google", "connect", False, False)
 
 
 @story("ambiguous_grant")
@@ -171,7 +173,7 @@ async def _ambiguous_grant(s: Story) -> Any:
 
     def check(e: dict[str, Any]) -> bool:
         accounts = [{k: a.get(k) for k in ("account", "label")} for a in e["accounts"]]
-        return (e["user_action"], e["retryable"]) == ("choose_account", True) and sorted(
+        return (e["user_action"], e["retryable"]) == ("choose_account", False) and sorted(
             accounts, key=str) == sorted([{"account": ALICE_PERSONAL, "label": None},
                                           {"account": ALICE_WORK, "label": "work"}], key=str)
     return outcome, check
@@ -220,7 +222,8 @@ async def _upstream_timeout(s: Story) -> Any:
         await connect_as(app, s.browser, "google", ALICE_PERSONAL, alice)
         outcome = await AlterTools(app, UserSession(alice)).run_request(
             {"url": f"{s.d.upstream.url}/slow?s=1.5", "provider": "google"})
-    return outcome, lambda e: e["retryable"] is True and e["user_action"] == "retry_later"
+    # The request reached the API before it stalled: a retry may repeat it.
+    return outcome, lambda e: e["retryable"] is True and e["user_action"] == "retry_later" and e["sent"] is True
 
 
 @story("upstream_unreachable")
@@ -229,6 +232,10 @@ async def _upstream_unreachable(s: Story) -> Any:
     await connect_as(s.app, s.browser, "google", ALICE_PERSONAL, alice)
     outcome = await AlterTools(s.app, UserSession(alice)).run_request(
         {"url": f"{s.d.upstream.url}/reset", "provider": "google"})
+    closed = await AlterTools(s.app, UserSession(alice)).run_request(
+        {"url": "http://127.0.0.1:9/x", "provider": "google"})  # no connection at all: nothing left
+    assert isinstance(closed, ToolErrorPayload) and (closed.error.code, closed.error.sent) == (
+        "upstream_unreachable", False)
     return outcome, lambda e: e["retryable"] is True
 
 
@@ -271,6 +278,13 @@ async def _reauth_required(s: Story) -> Any:
     s.d.oauth.invalidate_refresh_tokens()
     outcome = await AlterTools(s.app, UserSession(dave)).run_request({"url": s.echo, "provider": "github"})
     return outcome, lambda e: e["user_action"] == "reauthorize" and e["account"] == "dave-gh"
+
+
+@story("provider_not_configured")
+async def _provider_not_configured(s: Story) -> Any:
+    outcome = await AlterTools(s.app, UserSession(s.alice())).run_connect({"provider": "slack"})  # no client here
+    return outcome, lambda e: (e["user_action"] == "ask_operator" and e["retryable"] is False
+                               and "ALTER_SLACK_CLIENT_ID" in e["message"])
 
 
 @story("internal")
