@@ -115,7 +115,7 @@ async def test_the_schema_has_the_tools_own_arguments_and_account_but_no_context
     app: App, sqlite_deployment: Deployment, tools: list[GrantTool]
 ) -> None:
     lc = langchain_tools(app, UserSession(), tools)
-    assert set(lc) == {"request", "connect", "calendar_events", "work_calendar", "share_notes"}
+    assert set(lc) == {"request", "connect", "accounts", "calendar_events", "work_calendar", "share_notes"}
     lc_schema = convert_to_openai_tool(lc["calendar_events"])["function"]
     assert lc_schema["description"] == "List my calendar events for a day."
     assert set(lc_schema["parameters"]["properties"]) == OWN_ARGUMENTS | {"account"}
@@ -426,7 +426,7 @@ async def test_the_mcp_command_serves_tools_named_with_dash_dash_tools(
             names = {t.name for t in (await client.list_tools()).tools}
             result = await client.call_tool("calendar_events", {"day": "2026-11-03"})
             stray = await client.call_tool("share_notes", {"note": "x"})
-    assert names == {"request", "connect", "calendar_events", "work_calendar", "share_notes"}
+    assert names == {"request", "connect", "accounts", "calendar_events", "work_calendar", "share_notes"}
     assert payload(result)["account"] == "me@gmail.com"
     assert payload(stray)["error"]["code"] == "host_not_allowed"
 

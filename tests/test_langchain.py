@@ -152,7 +152,7 @@ async def test_pinned_grant_hides_provider_and_account_from_the_model(
     sneaky = await tools[0].ainvoke(tool_call("request", {"url": d.upstream.echo_url(), "account": "bob-gh"}))
     assert error_of(sneaky)["code"] == "invalid_arguments"
     as_bob = await tools[0].ainvoke(tool_call("request", {"url": d.upstream.echo_url()}), user_config(bob))
-    assert error_of(as_bob) == {"code": "grant_not_found", "grant_id": alices.grant_id, "retryable": False,
+    assert error_of(as_bob) == {"code": "grant_not_found", "grant_id": alices.grant_id, "retryable": False, "sent": False,
                                 "user_action": "fix_arguments",
                                 "message": f"Grant {alices.grant_id!r} was not found for this session."}
     await app.aclose()
@@ -166,7 +166,7 @@ async def test_one_toolkit_serving_two_users_concurrently_never_mixes_their_gran
     tokens = {"alice": d.idp.issue("alice"), "bob": d.idp.issue("bob")}
     await alice_google(app, tokens["alice"])
     await connect_as(app, abrowser, "google", "bob@gmail.com", tokens["bob"])
-    request, _connect = AlterToolkit(app).get_tools()
+    request, _connect, _accounts = AlterToolkit(app).get_tools()
 
     async def invoke(i: int) -> tuple[str, ToolMessage]:
         user = "alice" if i % 2 else "bob"
@@ -211,7 +211,7 @@ def test_arbitrary_arguments_always_give_a_tool_message_and_never_a_token(
     with asyncio.Runner() as runner:
         app = d.app()
         runner.run(connect_as(app, abrowser, "google", "alice@gmail.com", alice))
-        request, connect = AlterToolkit(app, connect_wait=0.05).get_tools()
+        request, connect, _accounts = AlterToolkit(app, connect_wait=0.05).get_tools()
         secrets = [t.access_token for t in d.oauth.tokens_for("alice@gmail.com")]
         secrets += [t.refresh_token for t in d.oauth.tokens_for("alice@gmail.com") if t.refresh_token]
         secrets.append(alice)

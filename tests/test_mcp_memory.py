@@ -35,7 +35,7 @@ async def test_tools_list_shows_flat_schemas_and_an_output_schema_that_admits_er
     server = build_server(app, UserSession(sqlite_deployment.idp.issue("alice")))
     async with Client(server, mode=mode) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
-    assert set(tools) == {"request", "connect"}
+    assert set(tools) == {"request", "connect", "accounts"}
     request = tools["request"]
     assert request.description == REQUEST_DESCRIPTION
     assert set(request.input_schema["properties"]) == {"method", "url", "provider", "account", "query", "headers",

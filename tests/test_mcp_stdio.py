@@ -38,7 +38,7 @@ async def test_claude_desktop_style_local_server_resolves_and_asks_the_model_to_
             names = {t.name for t in (await client.list_tools()).tools}
             ambiguous = await client.call_tool("request", {"url": url, "provider": "google"})
             chosen = await client.call_tool("request", {"url": url, "provider": "google", "account": ALICE_WORK})
-    assert names == {"request", "connect"}
+    assert names == {"request", "connect", "accounts"}
     assert ambiguous.is_error and payload(ambiguous)["error"]["code"] == "ambiguous_grant"
     assert payload(chosen)["body"]["account"] == ALICE_WORK
 

@@ -45,7 +45,7 @@ async def test_ambiguous_google_accounts_ask_the_model_to_choose(
         ("alice@acme.com", "work", "alice@acme.com"), ("alice@gmail.com", None, "alice@gmail.com"),
     ]
     body = error.payload().error
-    assert (body.code, body.user_action, body.retryable) == ("ambiguous_grant", "choose_account", True)
+    assert (body.code, body.user_action, body.retryable) == ("ambiguous_grant", "choose_account", False)
     assert "alice@gmail.com" in body.message and "alice@acme.com" in body.message
 
 
