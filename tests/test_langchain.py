@@ -152,8 +152,8 @@ async def test_pinned_grant_hides_provider_and_account_from_the_model(
     sneaky = await tools[0].ainvoke(tool_call("request", {"url": d.upstream.echo_url(), "account": "bob-gh"}))
     assert error_of(sneaky)["code"] == "invalid_arguments"
     as_bob = await tools[0].ainvoke(tool_call("request", {"url": d.upstream.echo_url()}), user_config(bob))
-    assert error_of(as_bob) == {"code": "grant_not_found", "grant_id": alices.grant_id, "retryable": False, "sent": False,
-                                "user_action": "fix_arguments",
+    assert error_of(as_bob) == {"code": "grant_not_found", "grant_id": alices.grant_id, "retryable": False,
+                                "sent": False, "user_action": "fix_arguments",
                                 "message": f"Grant {alices.grant_id!r} was not found for this session."}
     await app.aclose()
 
