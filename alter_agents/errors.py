@@ -199,9 +199,11 @@ class ReauthRequiredError(GrantError):
     user_action = "reauthorize"
 
     def __init__(self, provider: str, account: str | None, *, connect_url: str | None = None) -> None:
+        target = f" and account={account!r}" if account else ""
         super().__init__(
-            f"The {provider} account {account or ''} must be reconnected (its authorization was revoked "
-            f"or expired). Call connect with provider={provider!r} and ask the user to approve again.",
+            f"The {provider} account {account or ''} must be re-authorised (its authorization was revoked "
+            f"or expired). Call connect with provider={provider!r}{target}, show the user the link, then "
+            "repeat this call.",
             provider=provider,
             account=account,
             connect_url=connect_url,

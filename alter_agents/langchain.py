@@ -98,6 +98,8 @@ class AlterToolkit(BaseToolkit):
     in local mode (no identity provider) it acts for the machine's single user. The other keyword
     arguments are `AlterTools`'s: `choose_account`, `on_connect_url`, `connect_wait`,
     `max_body_bytes`, `remember_account`; `extra_tools` adds `@grant_tool` functions, scoped alike.
+    Without `on_connect_url` (a hook that shows the link to the human) `connect` answers `pending` with
+    the link at once, for the model to pass on; with one it waits up to `connect_wait` for the user.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)

@@ -17,10 +17,10 @@ from alter_agents.errors import (
     NotConnectedError,
     UnauthenticatedError,
 )
-from alter_agents.models import ConnectStart
+from alter_agents.models import ConnectStart, ToolErrorPayload
 from alter_agents.server.keys import generate_key
 from alter_agents.sessions import HeadlessSession, UserSession
-from alter_agents.tools import AlterTools, CallContext
+from alter_agents.tools import AlterTools, CallContext, ConnectResultOut
 from alter_agents.vault.remote import RemoteVault
 from tests.conftest import Deployment, LinkTwoGoogleAccounts, with_coverage
 from tests.fixtures import AsyncBrowser
@@ -201,3 +201,19 @@ async def test_the_mcp_server_can_use_a_vault_server_instead_of_the_embedded_vau
     assert not result.is_error, result
     assert result.structured_content is not None
     assert result.structured_content["body"]["account"] == "alice-gh"
+
+
+async def test_through_a_remote_vault_a_second_connect_returns_the_same_link_and_a_forged_token_none(
+    remote: Remote,
+) -> None:
+    idp = remote.deployment.idp
+    async with remote.app() as app:
+        tools = AlterTools(app, UserSession())
+        alice = CallContext(user_token=idp.issue("alice"))
+        first = await tools.run_connect({"provider": "github"}, alice)
+        again = await tools.run_connect({"provider": "github"}, alice)
+        assert isinstance(first, ConnectResultOut) and first.status == "pending"
+        assert isinstance(again, ConnectResultOut) and again.connect_url == first.connect_url
+        for forged in (idp.forge("alice"), idp.none_token("alice")):
+            stolen = await tools.run_connect({"provider": "github"}, CallContext(user_token=forged))
+            assert isinstance(stolen, ToolErrorPayload) and stolen.error.code == "unauthenticated"
