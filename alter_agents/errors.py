@@ -79,6 +79,8 @@ class AlterError(Exception):
 class ConfigurationError(AlterError):
     """The deployment is misconfigured (missing client id, bad providers file, ...)."""
 
+    user_action = "ask_operator"
+
 
 class ProviderNotConfiguredError(ConfigurationError):
     """A provider has no OAuth client: only the operator can fix it, by setting its client id and secret."""
@@ -99,6 +101,8 @@ class ProviderNotConfiguredError(ConfigurationError):
 
 class VaultKeyError(AlterError):
     """The at-rest key cannot decrypt the store: wrong or corrupt `ALTER_VAULT_KEY`."""
+
+    user_action = "ask_operator"
 
 
 class VaultUnavailableError(AlterError):
@@ -128,7 +132,7 @@ class UnknownProviderError(AlterError):
 
 class UnauthenticatedError(AlterError):
     code = "unauthenticated"
-    user_action = "none"
+    user_action = "none"  # retryable only when the identity provider's keys could not be fetched
 
 
 class GrantError(AlterError):

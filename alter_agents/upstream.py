@@ -164,7 +164,8 @@ class Upstream:
                 raise refused from None
             if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
                 method, body_kwargs = "GET", {}
-        too_many = UpstreamUnreachableError(f"{url} redirected more than {MAX_REDIRECTS} times.", retryable=False)
+        too_many = UpstreamUnreachableError(f"{url} redirected more than {MAX_REDIRECTS} times.", retryable=False,
+                                            user_action="none")
         too_many.sent = True
         raise too_many
 
