@@ -49,7 +49,7 @@ async def test_each_request_acts_for_its_bearer_and_ambiguity_goes_to_the_model(
                 first = await client.call_tool("request", {"url": url, "provider": "google"})
                 retry = await client.call_tool("request", {"url": url, "provider": "google", "account": "work"})
                 grants = json.loads((await client.read_resource(GRANTS_URI)).contents[0].text)  # type: ignore[union-attr]
-    assert tools == {"request", "connect"}
+    assert tools == {"request", "connect", "accounts"}
     assert first.is_error and payload(first)["error"]["code"] == "ambiguous_grant"
     assert {a["account"] for a in payload(first)["error"]["accounts"]} == {"alice@gmail.com", "alice@acme.com"}
     assert payload(retry)["body"]["account"] == "alice@acme.com"
