@@ -90,7 +90,7 @@ async def test_mcp_inspector_lists_calls_and_sees_a_tool_error_not_a_schema_fail
 
     status, listed = await run_inspector(inspector, d.env, tmp_path, "--method", "tools/list")
     assert status == EXIT_OK, listed
-    assert {t["name"] for t in listed["tools"]} == {"request", "connect"}
+    assert {t["name"] for t in listed["tools"]} == {"request", "connect", "accounts"}
 
     status, called = await run_inspector(
         inspector, d.env, tmp_path, "--method", "tools/call", "--tool-name", "request",
@@ -107,3 +107,21 @@ async def test_mcp_inspector_lists_calls_and_sees_a_tool_error_not_a_schema_fail
     assert status != EXIT_SCHEMA
     assert ambiguous["isError"] is True
     assert ambiguous["structuredContent"]["error"]["code"] == "ambiguous_grant"
+
+
+async def test_mcp_inspector_gets_the_connect_link_within_its_default_time_out(
+    sqlite_deployment: Deployment, inspector: Path, tmp_path: Path
+) -> None:
+    d = sqlite_deployment.local()
+    started = anyio.current_time()
+    status, called = await run_inspector(inspector, d.env, tmp_path, "--method", "tools/call",
+                                         "--tool-name", "connect", "--tool-arg", "provider=github")
+    assert status == EXIT_OK, called
+    assert called["structuredContent"]["status"] == "pending"
+    assert called["structuredContent"]["connect_url"].startswith(d.oauth.url)
+    assert anyio.current_time() - started < 30  # the Inspector gives up at 60 s; the server waited 60 s before
+
+    status, listed = await run_inspector(inspector, d.env, tmp_path, "--method", "tools/call",
+                                         "--tool-name", "accounts")
+    assert status == EXIT_OK, listed  # the structured result passes the Inspector's output-schema check
+    assert any(p["name"] == "github" for p in listed["structuredContent"]["providers"])
