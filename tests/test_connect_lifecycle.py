@@ -3,6 +3,7 @@ replica; and nobody reaches another user's flow or remembered choice without tha
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -179,3 +180,18 @@ async def test_two_replicas_on_one_postgres_store_share_pending_links_and_accoun
         assert status == "success"
         status, used = await invoke(two, "request", {"url": url, "provider": "github"}, alice)
         assert status == "success" and used["grant"]["account"] == "alice-oss" and "chosen earlier" in used["note"]
+
+
+async def test_connects_started_at_the_same_moment_settle_on_one_link(
+    deployment: Deployment, abrowser: AsyncBrowser
+) -> None:
+    d = deployment
+    alice = d.idp.issue("alice")
+    async with d.app() as one, d.app() as two:
+        results = await asyncio.gather(*(invoke(app, "connect", {"provider": "github"}, alice)
+                                         for app in (one, two, one, two)))
+        links = {body["connect_url"] for _status, body in results}
+        assert len(links) == 1, links
+        await abrowser.aapprove(links.pop(), "alice-gh")
+        _, done = await invoke(one, "connect", {"provider": "github"}, alice)
+        assert done["status"] == "connected" and done["grant"]["account"] == "alice-gh"

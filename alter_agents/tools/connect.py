@@ -76,10 +76,14 @@ class ConnectTool(ToolsBase):
         start = await self.app.start_connect(spec.name, user_token=token, label=parsed.label, scopes=parsed.scopes,
                                              headless=isinstance(self.session, HeadlessSession | LocalSession),
                                              login_hint=login_hint)
-        flow = _Flow(start=start, label=parsed.label, account=parsed.account)
-        await memory.remember(key, flow.model_dump_json(), _seconds_until(start.expires_at))
+        ours = _Flow(start=start, label=parsed.label, account=parsed.account)
+        stored = await memory.remember(key, ours.model_dump_json(), _seconds_until(start.expires_at),
+                                       keep_existing=flow is None)
+        flow = _Flow.model_validate_json(stored)
+        if flow.start.session_id != start.session_id:  # another call started one first: show its link
+            return await self._await_connect(flow, key, ctx, self.connect_wait if ctx.link_shown else 0.0)
         shown = ctx.link_shown or await _announce(ctx, start)
-        return await self._await_connect(flow, key, ctx, self.connect_wait if shown else 0.0)
+        return await self._await_connect(ours, key, ctx, self.connect_wait if shown else 0.0)
 
     async def _report(self, flow: _Flow, key: MemoryKey, parsed: ConnectArgs, ctx: CallContext
                       ) -> ConnectResultOut | None:

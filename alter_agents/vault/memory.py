@@ -37,7 +37,10 @@ class MemoryKey:
 class Memory(Protocol):
     async def recall(self, key: MemoryKey) -> str | None: ...
 
-    async def remember(self, key: MemoryKey, value: str, ttl: float) -> None: ...
+    async def remember(self, key: MemoryKey, value: str, ttl: float, *, keep_existing: bool = False) -> str:
+        """Store `value` and return it; with `keep_existing`, an unexpired value already stored wins and
+        is returned instead (two replicas starting the same flow at once settle on one)."""
+        ...
 
     async def forget(self, key: MemoryKey) -> None: ...
 
@@ -59,12 +62,18 @@ class StoreMemory:
             return None
         return str(row.value)
 
-    async def remember(self, key: MemoryKey, value: str, ttl: float) -> None:
+    async def remember(self, key: MemoryKey, value: str, ttl: float, *, keep_existing: bool = False) -> str:
         await self._ready()
         now = time.time()
         for _attempt in range(3):
             try:
                 async with self._store.transaction(write=True) as conn:
+                    if keep_existing:
+                        current = (await conn.execute(
+                            select(session_memory.c.value).where(*_where(key), session_memory.c.expires_at >= now)
+                        )).scalar()
+                        if current is not None:
+                            return str(current)
                     await conn.execute(delete(session_memory).where(*_where(key)))
                     await conn.execute(delete(session_memory).where(session_memory.c.owner == key.owner,
                                                                     session_memory.c.expires_at < now))
@@ -72,9 +81,10 @@ class StoreMemory:
                         owner=key.owner, scope=key.scope, kind=key.kind, name=key.name, value=value,
                         expires_at=now + ttl,
                     ))
-                return
+                return value
             except IntegrityError:
-                continue  # another replica wrote the same key between our delete and insert: last one wins
+                continue  # another replica wrote the same key between our delete and insert: look again
+        return value
 
     async def forget(self, key: MemoryKey) -> None:
         await self._ready()
@@ -94,13 +104,16 @@ class ProcessMemory:
             return None
         return entry[0]
 
-    async def remember(self, key: MemoryKey, value: str, ttl: float) -> None:
+    async def remember(self, key: MemoryKey, value: str, ttl: float, *, keep_existing: bool = False) -> str:
+        if keep_existing and (current := await self.recall(key)) is not None:
+            return current
         if len(self._entries) >= _MAX_ENTRIES:
             now = time.time()
             self._entries = {k: v for k, v in self._entries.items() if v[1] >= now}
             if len(self._entries) >= _MAX_ENTRIES:
                 self._entries.clear()
         self._entries[key] = (value, time.time() + ttl)
+        return value
 
     async def forget(self, key: MemoryKey) -> None:
         self._entries.pop(key, None)
