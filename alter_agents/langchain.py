@@ -209,6 +209,7 @@ def _tool_error_content(error: ToolException) -> str:
 
 
 def _validation_error_content(error: Any) -> str:
-    if isinstance(error, ValidationError):
-        return arguments_error(error).payload().to_json()
-    return InvalidArgumentsError("Invalid arguments; check them against the tool's schema.").payload().to_json()
+    refused = (arguments_error(error) if isinstance(error, ValidationError)
+               else InvalidArgumentsError("Invalid arguments; check them against the tool's schema."))
+    refused.sent = False  # refused before anything was sent
+    return refused.payload().to_json()
