@@ -49,6 +49,10 @@ INSTRUCTIONS = (
     "only ever go to that provider's own API hosts. `accounts` lists the connected accounts, the provider ids "
     "and their hosts. If no account is connected, call `connect` and show the user the link it returns."
 )
+PINNED_INSTRUCTIONS = (
+    "Use `request` to call this session's connected API over HTTP; credentials are added for you and only "
+    "ever go to that provider's own API hosts."
+)
 ToolReturn = CallToolResult | InputRequiredResult
 _Body = Callable[[dict[str, Any], Context[Any, Any]], Awaitable[ToolReturn]]
 _Run = Callable[[dict[str, Any], CallContext], Awaitable[BaseModel]]
@@ -100,7 +104,8 @@ def build_server(
     if len(set(names)) != len(names):
         raise ValueError(f"tool names must be unique: {', '.join(sorted(names))}")
     security = RequestStateSecurity(keys=list(state_keys)) if state_keys else None
-    server: MCPServer = MCPServer(SERVER_NAME, instructions=INSTRUCTIONS, tools=tools, auth=auth,
+    instructions = PINNED_INSTRUCTIONS if surface.tools.pinned else INSTRUCTIONS
+    server: MCPServer = MCPServer(SERVER_NAME, instructions=instructions, tools=tools, auth=auth,
                                   token_verifier=token_verifier, request_state_security=security,
                                   version=_package_version())
     add_grants_resource(server, app, session)

@@ -52,7 +52,12 @@ __all__ = [
 
 
 class AlterTools(RequestTool, ConnectTool, AccountsTool):
-    """The tools bound to one session. Safe to share across concurrent calls and users."""
+    """The tools bound to one session. Safe to share across concurrent calls and users.
+
+    `on_connect_url` shows a connect link to the human (return False when it could not); only then does
+    `connect` wait up to `connect_wait` seconds for them. Without it the link goes back to the model in a
+    `pending` result at once. What the tools remember per user lives in the vault (`app.vault.memory`).
+    """
 
     def __init__(
         self,
