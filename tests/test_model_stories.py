@@ -24,7 +24,7 @@ from alter_agents.langchain import user_config
 from mcp_server import build_server
 from tests.conftest import Deployment, connect_as, make_deployment
 from tests.fixtures import AsyncBrowser, IdentityProvider, OAuthServer, UpstreamAPI
-from tests.mcp_support import payload
+from tests.mcp_support import http_server, payload
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -118,9 +118,16 @@ async def _furnish(d: Deployment, app: App, browser: AsyncBrowser, alice: str) -
 
 
 @asynccontextmanager
-async def _agent(surface: str, app: App, token: str) -> AsyncIterator[Agent]:
+async def _agent(surface: str, app: App, token: str, d: Deployment) -> AsyncIterator[Agent]:
     if surface == "langchain":
         yield LangChainAgent(app, token)
+        return
+    if surface == "mcp-http":  # the real HTTP server, each request scoped by its own bearer JWT
+        async with http_server(d, lambda _settings: UserSession(), connect_wait=60) as running, \
+                running.client(token) as client:
+            agent = McpAgent(client)
+            await agent.start()
+            yield agent
         return
     async with Client(build_server(app, UserSession(token), connect_wait=60), mode="legacy") as client:
         agent = McpAgent(client)
@@ -132,7 +139,7 @@ def _hosts(accounts: dict[str, Any], provider: str) -> list[str]:
     return next(p["hosts"] for p in accounts["providers"] if p["name"] == provider)
 
 
-@pytest.mark.parametrize("surface", ["langchain", "mcp"])
+@pytest.mark.parametrize("surface", ["langchain", "mcp", "mcp-http"])
 async def test_seven_everyday_tasks_in_the_fewest_calls(
     world: Deployment, abrowser: AsyncBrowser, foreign: UpstreamAPI, surface: str
 ) -> None:
@@ -142,7 +149,7 @@ async def test_seven_everyday_tasks_in_the_fewest_calls(
         slack_grant = await _furnish(d, app, abrowser, alice)
         echo = d.upstream.echo_url
 
-        async with _agent(surface, app, alice) as agent:
+        async with _agent(surface, app, alice, d) as agent:
             assert {"request", "connect", "accounts"} <= set(agent.tools)
             assert "refused" in agent.tools["request"] and "cannot change" in agent.tools["request"]
 
@@ -157,7 +164,7 @@ async def test_seven_everyday_tasks_in_the_fewest_calls(
             # 2. GitHub is not connected for bob: request → not_connected → connect gives the link at once →
             #    the human signs in → the same request succeeds.
             bob = d.idp.issue("bob")
-            async with _agent(surface, app, bob) as bobs:
+            async with _agent(surface, app, bob, d) as bobs:
                 ok, error = await bobs.call("request", url=echo("user/repos"), provider="github")
                 assert not ok and error["error"]["code"] == "not_connected"
                 assert error["error"]["retryable"] is False and error["error"]["user_action"] == "connect"
