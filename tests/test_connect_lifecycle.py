@@ -188,6 +188,8 @@ async def test_connects_started_at_the_same_moment_settle_on_one_link(
     d = deployment
     alice = d.idp.issue("alice")
     async with d.app() as one, d.app() as two:
+        for app in (one, two):  # open each replica's vault first: only the connects race here
+            await invoke(app, "accounts", {}, alice)
         results = await asyncio.gather(*(invoke(app, "connect", {"provider": "github"}, alice)
                                          for app in (one, two, one, two)))
         links = {body["connect_url"] for _status, body in results}

@@ -64,26 +64,24 @@ class StoreMemory:
 
     async def remember(self, key: MemoryKey, value: str, ttl: float, *, keep_existing: bool = False) -> str:
         await self._ready()
-        now = time.time()
         for _attempt in range(3):
+            now = time.time()
+            stale = session_memory.c.expires_at < now
             try:
                 async with self._store.transaction(write=True) as conn:
-                    if keep_existing:
-                        current = (await conn.execute(
-                            select(session_memory.c.value).where(*_where(key), session_memory.c.expires_at >= now)
-                        )).scalar()
-                        if current is not None:
-                            return str(current)
-                    await conn.execute(delete(session_memory).where(*_where(key)))
-                    await conn.execute(delete(session_memory).where(session_memory.c.owner == key.owner,
-                                                                    session_memory.c.expires_at < now))
+                    # Keeping, only an expired entry goes (with the owner's other expired ones): a concurrent
+                    # writer's row then makes our insert fail on the primary key, and theirs is returned.
+                    if not keep_existing:
+                        await conn.execute(delete(session_memory).where(*_where(key)))
+                    await conn.execute(delete(session_memory).where(session_memory.c.owner == key.owner, stale))
                     await conn.execute(insert(session_memory).values(
                         owner=key.owner, scope=key.scope, kind=key.kind, name=key.name, value=value,
                         expires_at=now + ttl,
                     ))
                 return value
             except IntegrityError:
-                continue  # another replica wrote the same key between our delete and insert: look again
+                if keep_existing and (current := await self.recall(key)) is not None:
+                    return current  # another call (or replica) stored its value first: it wins
         return value
 
     async def forget(self, key: MemoryKey) -> None:
