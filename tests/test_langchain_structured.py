@@ -51,7 +51,7 @@ def _error(message: ToolMessage) -> dict[str, Any]:
 
 async def test_every_tool_has_a_pydantic_args_schema_that_langchain_validates_with(tools: Any) -> None:
     _d, by_name = tools
-    assert set(by_name) == {"request", "connect", "star_repo"}
+    assert set(by_name) == {"request", "connect", "accounts", "star_repo"}
     for tool in by_name.values():
         assert isinstance(tool, StructuredTool)
         assert isinstance(tool.args_schema, type) and issubclass(tool.args_schema, BaseModel), tool.name
