@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from alter_agents.server.app import MAX_BODY_BYTES
 from alter_agents.server.keys import generate_key
+from alter_agents.server.limits import MAX_BODY_BYTES
 from alter_agents.server.signing import MAX_SKEW_SECONDS, sign
 from tests.conftest import make_deployment
 from tests.fixtures import IdentityProvider, OAuthServer, UpstreamAPI

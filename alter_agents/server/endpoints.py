@@ -58,9 +58,9 @@ async def _read(request: Request, model: type[M]) -> M:
     try:
         data = json.loads(await request.body() or b"{}")
     except ValueError:
-        raise InvalidBody from None
+        raise InvalidBody("The body is not JSON; send a JSON object.") from None
     if not isinstance(data, dict):
-        raise InvalidBody
+        raise InvalidBody("The body must be a JSON object.")
     return model.model_validate(data)
 
 

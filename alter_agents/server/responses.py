@@ -58,7 +58,7 @@ async def alter_error(_request: Request, exc: Exception) -> Response:
 async def invalid_body(_request: Request, exc: Exception) -> Response:
     if isinstance(exc, ValidationError):
         return plain_error(422, "validation_error", str(exc.errors(include_url=False)[:5]))
-    return plain_error(400, "invalid_json", "The body must be a JSON object.")
+    return plain_error(400, "invalid_json", str(exc) or "The body must be a JSON object.")
 
 
 async def unknown_route(_request: Request, exc: Exception) -> Response:
