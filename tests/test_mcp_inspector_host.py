@@ -23,7 +23,9 @@ pytestmark = pytest.mark.timeout(180)
 __all__ = ["inspector"]  # the fixture, shared with test_mcp_inspector.py
 
 
-async def test_mcp_inspector_sets_the_log_level(sqlite_deployment: Deployment, inspector: Path, tmp_path: Path) -> None:
+async def test_mcp_inspector_sets_the_log_level(
+    sqlite_deployment: Deployment, inspector: list[str], tmp_path: Path
+) -> None:
     d = sqlite_deployment.local()
     status, levelled = await run_inspector(inspector, d.env, tmp_path, "--method", "logging/setLevel",
                                            "--log-level", "debug")
@@ -31,7 +33,7 @@ async def test_mcp_inspector_sets_the_log_level(sqlite_deployment: Deployment, i
 
 
 async def test_mcp_inspector_reaches_a_local_mode_http_server_with_its_printed_token(
-    sqlite_deployment: Deployment, abrowser: AsyncBrowser, inspector: Path, tmp_path: Path
+    sqlite_deployment: Deployment, abrowser: AsyncBrowser, inspector: list[str], tmp_path: Path
 ) -> None:
     d = sqlite_deployment.local()
     async with d.app() as app:
@@ -47,7 +49,7 @@ async def test_mcp_inspector_reaches_a_local_mode_http_server_with_its_printed_t
                     seen += (await server.stderr.receive()).decode()
             url = seen.split(" at ", 1)[1].split()[0]
             token = seen.split("Bearer ", 1)[1].split("'", 1)[0]
-            command = [str(inspector), "--cli", url, "--transport", "http",
+            command = [*inspector, "--cli", url, "--transport", "http",
                        "--header", f"Authorization: Bearer {token}", "--method", "tools/call", "--tool-name", "request",
                        "--tool-arg", f"url={d.upstream.url}/echo/x", "--tool-arg", "provider=github"]
             with anyio.fail_after(90):
