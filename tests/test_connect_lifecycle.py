@@ -158,12 +158,12 @@ async def test_a_provider_without_an_oauth_client_tells_what_the_operator_must_s
     assert "ALTER_NOTION_CLIENT_SECRET" in error["error"]["message"]
 
 
+@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)  # replicas share a PostgreSQL store
 async def test_two_replicas_on_one_postgres_store_share_pending_links_and_account_choices(
     deployment: Deployment, abrowser: AsyncBrowser
 ) -> None:
     d = deployment
-    if not d.settings.vault_url.startswith("postgresql"):
-        pytest.skip("the replicas share a PostgreSQL store")
+    assert d.settings.vault_url.startswith("postgresql")
     alice = d.idp.issue("alice")
     async with d.app() as one, d.app() as two:
         _, first = await invoke(one, "connect", {"provider": "github"}, alice)
