@@ -36,7 +36,9 @@ class ScopeSignals(BaseModel):
                         "(Google: ACCESS_TOKEN_SCOPE_INSUFFICIENT)."
     )
     error_field: str | None = Field(None, description="JSON field holding an error code (Slack: error).")
-    error_values: tuple[str, ...] = Field((), description="Error codes that mean a missing scope (Slack: missing_scope).")
+    error_values: tuple[str, ...] = Field(
+        (), description="Error codes that mean a missing scope (Slack: missing_scope)."
+    )
     required_field: str | None = Field(None, description="JSON field listing the needed scopes (Slack: needed).")
     granted_field: str | None = Field(None, description="JSON field listing the granted scopes (Slack: provided).")
 
