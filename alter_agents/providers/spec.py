@@ -48,6 +48,7 @@ class ProviderSpec(BaseModel):
     inject: InjectSpec = Field(default_factory=InjectSpec)
     authorize_url: str | None = None
     token_url: str | None = None
+    device_authorization_url: str | None = None  # RFC 8628; sign-in from machines without a browser
     scopes: list[str] = Field(default_factory=list)
     scope_separator: str = " "
     authorize_params: dict[str, str] = Field(default_factory=dict)
