@@ -14,7 +14,7 @@ import anyio
 import httpx
 
 from alter_agents.errors import AlterError, ConfigurationError, InvalidArgumentsError
-from alter_agents.models import ApiResponse, ConnectResult, ConnectStart, Grant
+from alter_agents.models import ApiResponse, ConnectMethod, ConnectResult, ConnectStart, Grant
 from alter_agents.providers import Providers
 from alter_agents.settings import Settings
 from alter_agents.upstream import Upstream
@@ -173,13 +173,19 @@ class App:
         label: str | None = None,
         on_url: UrlCallback | None = None,
         on_progress: ProgressCallback | None = None,
+        method: ConnectMethod = "browser",
     ) -> list[ConnectResult]:
-        """Link one account per provider; returns the new grants (usable at once by grant id)."""
+        """Link one account per provider; returns the new grants (usable at once by grant id).
+
+        `method="device"` signs in with a device code (RFC 8628) where no browser can reach this machine:
+        `on_url` receives the `ConnectStart` with `verification_uri` and `user_code` to show the person.
+        """
         token = await self.user_token(user_token)
         results: list[ConnectResult] = []
         for provider in providers:
-            start = await self.vault.start_connect(provider, user_token=token, label=label, headless=token is None)
-            await _announce(start, open_browser, on_url)
+            start = await self.vault.start_connect(provider, user_token=token, label=label, headless=token is None,
+                                                   method=method)
+            await _announce(start, open_browser and method == "browser", on_url)
             status = await self.vault.wait_connect(start.session_id, timeout, on_progress)
             results.extend(status.results)
         return results
@@ -202,6 +208,10 @@ async def _announce(start: ConnectStart, open_browser: bool, on_url: UrlCallback
         result = on_url(start)
         if inspect.isawaitable(result):
             await result
+        return
+    if start.method == "device":
+        print(f"To connect {start.provider}, open {start.verification_uri} on any device and enter the code "
+              f"{start.user_code}", file=sys.stderr, flush=True)
         return
     opened = open_browser and await anyio.to_thread.run_sync(webbrowser.open, start.connect_url)
     if not opened:

@@ -91,17 +91,25 @@ def main(ctx: click.Context, verbose: int) -> None:
 @click.option("--no-browser", is_flag=True, help="Print the URL instead of opening a browser.")
 @click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Seconds to wait for the browser.")
+@click.option("--device", is_flag=True,
+              help="Sign in with a code on any other device (SSH, containers, no browser here).")
 @json_option
 @_run
-async def connect(provider: str, label: str | None, no_browser: bool, timeout: float, as_json: bool) -> None:
-    """Link a PROVIDER account through OAuth in your browser."""
+async def connect(provider: str, label: str | None, no_browser: bool, timeout: float, device: bool,
+                  as_json: bool) -> None:
+    """Link a PROVIDER account through OAuth in your browser (or with --device, from any other device)."""
+    if device and no_browser:
+        raise click.UsageError("--no-browser does not apply to --device (no browser is opened).")
+    waiting_for = "the sign-in on the other device" if device else "the browser"
 
     async def progress(elapsed: float, _message: str) -> None:
         if int(elapsed * 4) % 40 == 0 and elapsed > 1:
-            click.echo(f"  still waiting for the browser ({elapsed:.0f}s)...", err=True)
+            click.echo(f"  still waiting for {waiting_for} ({elapsed:.0f}s)...", err=True)
 
     async def show(start: ConnectStart) -> None:
-        if no_browser or not await anyio.to_thread.run_sync(webbrowser.open, start.connect_url):
+        if device:
+            _show_device_code(start)
+        elif no_browser or not await anyio.to_thread.run_sync(webbrowser.open, start.connect_url):
             click.echo(f"Open this URL to connect {start.provider}:\n  {start.connect_url}", err=True)
         else:
             click.echo(f"Opened your browser to connect {start.provider}; waiting (Ctrl-C to stop).", err=True)
@@ -109,9 +117,9 @@ async def connect(provider: str, label: str | None, no_browser: bool, timeout: f
     try:
         async with App() as app:
             results = await app.connect([provider], timeout=timeout, label=label, on_url=show,
-                                        on_progress=progress)
+                                        on_progress=progress, method="device" if device else "browser")
     except ConnectTimeoutError:
-        # This process's loopback listener is gone with it: the user has to start over, not "call again".
+        # This process's loopback listener (or device poller) is gone with it: start over, not "call again".
         raise CliFailure(f"The sign-in did not finish within {timeout:g}s; run 'alter-agents connect "
                          f"{provider}' again to start over.", code="connect_timeout") from None
     if as_json:
@@ -132,6 +140,23 @@ def where(as_json: bool) -> None:
     width = max(len(k) for k in info)
     for name, value in info.items():
         click.echo(f"{name.ljust(width)}  {_cell(value)}")
+
+
+def _show_device_code(start: ConnectStart) -> None:
+    """Print where to go and what to type; a QR code of the link too where the terminal can show one."""
+    click.echo(f"To connect {start.provider}, open {start.verification_uri} on any device and enter the code:\n"
+               f"\n    {start.user_code}\n", err=True)
+    if sys.stderr.isatty() and start.connect_url != start.verification_uri:
+        import io
+
+        import qrcode
+
+        qr = qrcode.QRCode(border=1)
+        qr.add_data(start.connect_url)
+        art = io.StringIO()
+        qr.print_ascii(out=art, invert=True)
+        click.echo(f"or scan:\n{art.getvalue()}", err=True)
+    click.echo(f"The code expires at {start.expires_at:%H:%M:%S %Z}. Waiting (Ctrl-C to stop)...", err=True)
 
 
 @main.group()

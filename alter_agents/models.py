@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 GrantStatus = Literal["active", "needs_reauth", "revoked"]
 PrincipalKind = Literal["user", "group", "app"]
+ConnectMethod = Literal["browser", "device"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,12 +130,15 @@ class ConnectResult(BaseModel):
 
 
 class ConnectStart(BaseModel):
-    """A connect flow waiting for the user's browser."""
+    """A connect flow waiting for the user: a browser link, or a device code to type at a verification URI."""
 
     session_id: str
     provider: str
     connect_url: str
     expires_at: datetime
+    method: ConnectMethod = "browser"
+    verification_uri: str | None = None
+    user_code: str | None = None
 
 
 class ConnectStatus(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from alter_agents.models import ConnectStart, ConnectStatus, Grant, ReleasedCredential
+from alter_agents.models import ConnectMethod, ConnectStart, ConnectStatus, Grant, ReleasedCredential
 from alter_agents.providers import Providers
 from alter_agents.vault.connect import ProgressCallback
 from alter_agents.vault.memory import Memory
@@ -48,6 +48,7 @@ class Vault(Protocol):
         self, provider: str, *, user_token: str | None = None, label: str | None = None,
         scopes: list[str] | None = None, redirect_uri: str | None = None, headless: bool = False,
         login_hint: str | None = None,
+        method: ConnectMethod = "browser",
     ) -> ConnectStart: ...
 
     async def connect_status(self, session_id: str) -> ConnectStatus: ...

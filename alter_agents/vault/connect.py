@@ -128,6 +128,11 @@ class ConnectFlows:
         verifier = self._cipher().decrypt(row.verifier, row.session_id).decode()
         tokens = await oauth.exchange_code(self._http, spec, code=code, redirect_uri=row.redirect_uri,
                                            code_verifier=verifier)
+        return await self.store_tokens(row, tokens)
+
+    async def store_tokens(self, row: ConnectSessionRow, tokens: oauth.TokenSet) -> ConnectResult:
+        """Learn the account and store the grant: the same for the browser and the device flow."""
+        spec = self._providers.get(row.provider)
         if spec.account is not None:
             check_destination(spec.account.url, spec.name, spec.hosts, spec.allow_http)
         account, display = await oauth.lookup_account(self._http, spec, tokens)
@@ -188,6 +193,9 @@ async def wait_for_connect(
         return status
     if status.status == "denied":
         raise ConnectDeniedError("The user did not grant access.", provider=None)
+    if status.status == "expired":
+        raise ConnectTimeoutError(f"The sign-in ended before the user finished ({status.error or 'expired'}); "
+                                  "call connect again for a new link.")
     if status.status == "pending":
         raise ConnectTimeoutError(
             f"The user did not finish signing in within {timeout:.0f}s; call connect again later "

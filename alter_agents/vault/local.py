@@ -21,6 +21,7 @@ from alter_agents.errors import (
 )
 from alter_agents.models import (
     APP,
+    ConnectMethod,
     ConnectStart,
     ConnectStatus,
     Grant,
@@ -35,6 +36,7 @@ from alter_agents.vault.audit import AuditWriter
 from alter_agents.vault.cache import GrantCache
 from alter_agents.vault.connect import ConnectFlows, ProgressCallback
 from alter_agents.vault.crypto import Cipher, load_or_create_key
+from alter_agents.vault.device_flows import DeviceFlows
 from alter_agents.vault.identity import Identity, JWTVerifier
 from alter_agents.vault.memory import StoreMemory
 from alter_agents.vault.resolve import choose, owned_by
@@ -69,6 +71,7 @@ class LocalVault:
         self._refreshed: dict[str, tuple[bytes, float, dict[str, str | None]]] = {}
         self.connects = ConnectFlows(self.store, self._cipher, self.providers, self._http, self.settings.public_url)
         self.memory = StoreMemory(self.store, self.open)
+        self.devices = DeviceFlows(self.store, self.providers, self._http, self.connects)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -95,6 +98,7 @@ class LocalVault:
         return self._cipher_obj
 
     async def aclose(self) -> None:
+        await self.devices.aclose()
         await self.connects.aclose()
         await self._http.aclose()
         await self.audit_log.aclose()
@@ -315,11 +319,17 @@ class LocalVault:
         self, provider: str, *, user_token: str | None = None, label: str | None = None,
         scopes: list[str] | None = None, redirect_uri: str | None = None, headless: bool = False,
         login_hint: str | None = None,
+        method: ConnectMethod = "browser",
     ) -> ConnectStart:
-        """Begin linking an account; the grant is owned by the user, or by the app when headless."""
+        """Begin linking an account; the grant is owned by the user, or by the app when headless.
+
+        `method="device"` signs in with a device code (RFC 8628) for machines without a browser.
+        """
         await self.open()
         identity = None if headless and not user_token else await self.identify(user_token)
         owner = f"user:{identity.sub}" if identity else str(APP)
+        if method == "device":
+            return await self.devices.start(provider, owner, label=label, scopes=scopes)
         return await self.connects.start(provider, owner, label=label, scopes=scopes, redirect_uri=redirect_uri,
                                          login_hint=login_hint)
 

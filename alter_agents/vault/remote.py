@@ -30,7 +30,15 @@ from alter_agents.errors import (
     UnauthenticatedError,
     UpstreamUnreachableError,
 )
-from alter_agents.models import AccountRef, ConnectResult, ConnectStart, ConnectStatus, Grant, ReleasedCredential
+from alter_agents.models import (
+    AccountRef,
+    ConnectMethod,
+    ConnectResult,
+    ConnectStart,
+    ConnectStatus,
+    Grant,
+    ReleasedCredential,
+)
 from alter_agents.providers import Providers, ProviderSpec
 from alter_agents.server.keys import is_well_formed
 from alter_agents.server.signing import sign
@@ -241,8 +249,14 @@ class RemoteVault:
         self, provider: str, *, user_token: str | None = None, label: str | None = None,
         scopes: list[str] | None = None, redirect_uri: str | None = None, headless: bool = False,
         login_hint: str | None = None,
+        method: ConnectMethod = "browser",
     ) -> ConnectStart:
         """Start a hosted connect session (the wire protocol carries no login hint: it is not sent)."""
+        if method == "device":
+            raise ConfigurationError(
+                "Device-code sign-in runs on an embedded vault; the vault server's connect protocol has no "
+                "device mode. Run `alter-agents connect PROVIDER --device` where the vault's store is."
+            )
         body = {"allowed_providers": [provider], "user_token": user_token, "label": label,
                 "required_scopes": {provider: scopes} if scopes else None, "alter_headless": headless}
         session = _parse(ConnectSessionResponse, await self._post("/sdk/oauth/connect/session", body))
