@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from alter_agents.models import Injection
+from alter_agents.scopes import ScopeSignals
 
 
 class InjectSpec(BaseModel):
@@ -58,6 +59,7 @@ class ProviderSpec(BaseModel):
     client_secret: str | None = None
     token_auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_post"
     docs_url: str | None = None
+    scope_signals: ScopeSignals | None = None  # how the provider says a token lacks a permission
 
     def claims_host(self, host: str) -> bool:
         """True when `host` is one of this provider's hosts (`*.example.com` patterns allowed)."""
