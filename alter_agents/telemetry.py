@@ -1,0 +1,89 @@
+"""Who did what, in which run: correlation for audit rows, OpenTelemetry spans, W3C trace context.
+
+Spans come from the `opentelemetry-api` package, a no-op until the application installs an SDK. Their
+attributes name provider, account, grant id, method, host and status — never a secret, never a query
+string (a credential may ride in one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+_tracer = trace.get_tracer("alter_agents")
+_propagator = TraceContextTextMapPropagator()
+
+
+@dataclass(frozen=True, slots=True)
+class Correlation:
+    """What ties an audit row to an agent run; every field optional, empty ones are left out."""
+
+    surface: str | None = None  # app | langchain | mcp | the custom tool's name
+    tool: str | None = None
+    session_id: str | None = None  # MCP session
+    request_id: str | None = None  # MCP request (JSON-RPC id)
+    run_id: str | None = None  # LangChain / LangGraph run
+    thread_id: str | None = None  # LangGraph thread
+    traceparent: str | None = None  # W3C trace context of the caller, when one arrived
+
+    def with_(self, **changes: Any) -> Correlation:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def trace_id(self) -> str | None:
+        """The 32-hex trace id of `traceparent`, or of the span current in this context."""
+        if self.traceparent:
+            span = trace.get_current_span(_extract(self.traceparent))
+            ctx = span.get_span_context()
+            if ctx.is_valid:
+                return format(ctx.trace_id, "032x")
+        current = trace.get_current_span().get_span_context()
+        return format(current.trace_id, "032x") if current.is_valid else None
+
+    def audit_fields(self) -> dict[str, str]:
+        fields = {k: v for k, v in asdict(self).items() if v is not None and k != "traceparent"}
+        trace_id = self.trace_id
+        if trace_id:
+            fields["trace_id"] = trace_id
+        return fields
+
+
+def _extract(traceparent: str, tracestate: str | None = None) -> otel_context.Context:
+    carrier = {"traceparent": traceparent}
+    if tracestate:
+        carrier["tracestate"] = tracestate
+    return _propagator.extract(carrier)
+
+
+@contextlib.contextmanager
+def span(name: str, correlation: Correlation | None = None, **attributes: Any) -> Iterator[trace.Span]:
+    """A span as a child of the caller's trace (its `traceparent`) or of the current span."""
+    parent = _extract(correlation.traceparent) if correlation and correlation.traceparent else None
+    clean = {f"alter.{k}": v for k, v in attributes.items() if v is not None}
+    with _tracer.start_as_current_span(name, context=parent, attributes=clean) as current:
+        yield current
+
+
+def set_attributes(current: trace.Span, **attributes: Any) -> None:
+    current.set_attributes({f"alter.{k}": v for k, v in attributes.items() if v is not None})
+
+
+def outgoing_trace_headers() -> dict[str, str]:
+    """`traceparent` (and `tracestate`) of the current span, for providers whose spec opts in."""
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier)
+    return carrier
+
+
+def traceparent_from(meta: Mapping[str, Any] | None) -> str | None:
+    """The W3C `traceparent` an MCP request carries in `_meta` (2026-07-28), if any and well formed."""
+    value = (meta or {}).get("traceparent")
+    if isinstance(value, str) and trace.get_current_span(_extract(value)).get_span_context().is_valid:
+        return value
+    return None
