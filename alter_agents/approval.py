@@ -53,7 +53,11 @@ def seal_state(key: bytes, request: ApprovalRequest, extra: dict[str, str] | Non
     body = json.dumps({"d": request.digest(), "p": request.principal, "exp": int(time.time() + ttl),
                        **({"x": extra} if extra else {})}, separators=(",", ":")).encode()
     tag = hmac.new(key, body, hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(body).decode().rstrip("=") + "." + base64.urlsafe_b64encode(tag).decode().rstrip("=")
+    return f"{_b64(body)}.{_b64(tag)}"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
 def open_state(key: bytes, state: str, request: ApprovalRequest) -> dict[str, str] | None:
