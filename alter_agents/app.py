@@ -158,10 +158,11 @@ class App:
     async def start_connect(
         self, provider: str, *, user_token: str | None = None, label: str | None = None,
         scopes: list[str] | None = None, headless: bool = False, login_hint: str | None = None,
+        method: ConnectMethod = "browser",
     ) -> ConnectStart:
         token = await self.user_token(user_token)
         return await self.vault.start_connect(provider, user_token=token, label=label, scopes=scopes,
-                                              headless=headless, login_hint=login_hint)
+                                              headless=headless, login_hint=login_hint, method=method)
 
     async def connect(
         self,

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import SecretStr
@@ -14,6 +15,7 @@ from sqlalchemy.exc import ArgumentError
 
 from alter_agents.errors import ConfigurationError
 
+ConnectMethodSetting = Literal["auto", "browser", "device"]
 _SQLITE = "sqlite+aiosqlite"
 _POSTGRES = "postgresql+asyncpg"
 _ASYNC_DRIVERS = {"sqlite": _SQLITE, "postgresql": _POSTGRES}
@@ -64,9 +66,14 @@ class Settings:
     providers_file: str | None = None
     public_url: str | None = None
     data_dir: Path | None = None
+    connect_method: ConnectMethodSetting = "auto"
 
     def __post_init__(self) -> None:
         check_vault_url(self.vault_url)
+        if self.connect_method not in ("auto", "browser", "device"):
+            raise ConfigurationError(
+                f"ALTER_CONNECT_METHOD must be auto, browser or device, not {self.connect_method!r}."
+            )
         if isinstance(self.vault_key, str):  # type: ignore[unreachable]
             object.__setattr__(self, "vault_key", SecretStr(self.vault_key))  # type: ignore[unreachable]
 
@@ -100,6 +107,7 @@ class Settings:
             providers_file=env.get("ALTER_PROVIDERS_FILE") or None,
             public_url=(env.get("ALTER_PUBLIC_URL") or "").rstrip("/") or None,
             data_dir=data_dir,
+            connect_method=(env.get("ALTER_CONNECT_METHOD") or "auto").strip().lower(),  # type: ignore[arg-type]
         )
 
     def resolved_key_file(self) -> Path:

@@ -89,7 +89,8 @@ class ClientReach:
             return None
         elicitation_id = uuid.uuid4().hex
         try:
-            result = await self.ctx.elicit_url(_connect_message(provider), pending.connect_url, elicitation_id)
+            result = await self.ctx.elicit_url(_connect_message(provider, pending), pending.connect_url,
+                                               elicitation_id)
         except NoBackChannelError:
             return None
         return elicitation_id if result.action == "accept" else None
@@ -98,7 +99,7 @@ class ClientReach:
         """The URL to return instead of waiting (2026-07-28), or None when it cannot be offered."""
         if not (self.modern and self.can_url) or not pending.connect_url or self.ctx.input_responses:
             return None
-        params = ElicitRequestURLParams(message=_connect_message(provider), url=pending.connect_url)
+        params = ElicitRequestURLParams(message=_connect_message(provider, pending), url=pending.connect_url)
         return InputRequiredResult(input_requests={_CONNECT: ElicitRequest(params=params)},
                                    request_state=pending.model_dump_json())
 
@@ -131,5 +132,8 @@ def _account_message(provider: str, accounts: list[AccountRef]) -> str:
     return f"Several {provider} accounts are connected: {listed}. Which one should this call use?"
 
 
-def _connect_message(provider: str) -> str:
+def _connect_message(provider: str, pending: ConnectResultOut | None = None) -> str:
+    if pending is not None and pending.user_code:  # device sign-in: the page asks for this code
+        return (f"Sign in to {provider} to link your account: on the page that opens (or on any device at "
+                f"{pending.verification_uri}), enter the code {pending.user_code}.")
     return f"Sign in to {provider} to link your account, so the agent can call it for you."

@@ -133,7 +133,6 @@ hosts = ["127.0.0.1"]
 allow_http = true
 authorize_url = "{oauth.url}/authorize"
 token_url = "{oauth.url}/token"
-device_authorization_url = "{oauth.device_authorization_url}"
 client_id = "{client_id}"
 client_secret = "{client_secret}"
 scopes = ["read"]

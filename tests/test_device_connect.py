@@ -8,15 +8,34 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
-from alter_agents import ConnectDeniedError, ConnectStart, ConnectTimeoutError
+from alter_agents import ConnectDeniedError, ConnectStart, ConnectTimeoutError, Settings
 from tests.conftest import Deployment
 
 CLI = str(Path(sys.executable).with_name("alter-agents"))
+
+
+@pytest.fixture
+def device_deployment(sqlite_deployment: Deployment) -> Deployment:
+    """The usual deployment, with github and google offering device sign-in at the test authorization server."""
+    d = sqlite_deployment
+    path = Path(d.env["ALTER_PROVIDERS_FILE"])
+    text = path.read_text("utf-8").replace(
+        f'token_url = "{d.oauth.url}/token"\n',
+        f'token_url = "{d.oauth.url}/token"\ndevice_authorization_url = "{d.oauth.device_authorization_url}"\n',
+    )
+    assert text.count("device_authorization_url") == 2
+    device_file = path.with_name("providers-device.toml")
+    device_file.write_text(text, "utf-8")
+    env = {**d.env, "ALTER_PROVIDERS_FILE": str(device_file)}
+    d.oauth.device_interval = 0.1
+    return Deployment(Settings.from_env(env), env, d.idp, d.oauth, d.upstream)
 
 
 async def _type_code(d: Deployment, start: ConnectStart, user: str, *, approve: bool = True) -> None:
@@ -29,8 +48,8 @@ async def _type_code(d: Deployment, start: ConnectStart, user: str, *, approve: 
                                                         "confirm": "yes" if approve else "no"})
 
 
-async def test_app_connect_by_device_code_stores_a_usable_grant(sqlite_deployment: Deployment) -> None:
-    d = sqlite_deployment.local()
+async def test_app_connect_by_device_code_stores_a_usable_grant(device_deployment: Deployment) -> None:
+    d = device_deployment.local()
     d.oauth.device_interval = 0.1
     shown: list[ConnectStart] = []
 
@@ -52,8 +71,8 @@ async def test_app_connect_by_device_code_stores_a_usable_grant(sqlite_deploymen
         assert [e.grant_id for e in connects] == [result.grant_id]
 
 
-async def test_user_owned_device_connect_and_reauth_update_the_same_grant(sqlite_deployment: Deployment) -> None:
-    d = sqlite_deployment
+async def test_user_owned_device_connect_and_reauth_update_the_same_grant(device_deployment: Deployment) -> None:
+    d = device_deployment
     d.oauth.device_interval = 0.1
     alice = d.idp.issue("alice")
 
@@ -68,8 +87,8 @@ async def test_user_owned_device_connect_and_reauth_update_the_same_grant(sqlite
         assert grant.owner == "user:alice"
 
 
-async def test_denied_and_expired_device_sign_ins_are_typed(sqlite_deployment: Deployment) -> None:
-    d = sqlite_deployment.local()
+async def test_denied_and_expired_device_sign_ins_are_typed(device_deployment: Deployment) -> None:
+    d = device_deployment.local()
     d.oauth.device_interval = 0.1
 
     async def deny(start: ConnectStart) -> None:
@@ -85,9 +104,9 @@ async def test_denied_and_expired_device_sign_ins_are_typed(sqlite_deployment: D
 
 
 async def test_a_stopped_process_ends_its_pending_device_flow_with_a_typed_outcome(
-    sqlite_deployment: Deployment
+    device_deployment: Deployment
 ) -> None:
-    d = sqlite_deployment.local()
+    d = device_deployment.local()
     d.oauth.device_interval = 0.1
     async with d.app() as first:
         start = await first.vault.start_connect("github", headless=True, method="device")
@@ -100,9 +119,9 @@ async def test_a_stopped_process_ends_its_pending_device_flow_with_a_typed_outco
 
 
 def test_cli_connect_device_prints_the_code_and_finishes_when_the_person_approves(
-    sqlite_deployment: Deployment
+    device_deployment: Deployment
 ) -> None:
-    d = sqlite_deployment.local()
+    d = device_deployment.local()
     d.oauth.device_interval = 0.1
     env = {**os.environ, **d.env, "HOME": str(Path(d.env["ALTER_DATA_DIR"]).parent)}
     with subprocess.Popen([CLI, "connect", "github", "--device", "--label", "box"], env=env, text=True,
@@ -125,9 +144,93 @@ def test_cli_connect_device_prints_the_code_and_finishes_when_the_person_approve
     assert re.search(r"Connected github account box-user \(grant [0-9a-f-]{36}\)", out)
 
 
-def test_cli_refuses_no_browser_with_device(sqlite_deployment: Deployment) -> None:
-    d = sqlite_deployment.local()
+def test_cli_refuses_no_browser_with_device(device_deployment: Deployment) -> None:
+    d = device_deployment.local()
     done = subprocess.run([CLI, "connect", "github", "--device", "--no-browser"], env={**os.environ, **d.env},
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "--no-browser does not apply to --device" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_the_connect_tool_uses_the_device_flow_where_no_browser_can_reach_this_machine(
+    device_deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over SSH with no public callback: `pending` at once with the code; after the person approves, connected."""
+    from alter_agents import AlterTools, LocalSession
+
+    monkeypatch.setenv("SSH_CONNECTION", "10.0.0.1 50000 10.0.0.2 22")  # only read, never dialled
+    d = device_deployment.local()
+    async with d.app() as app:
+        tools = AlterTools(app, LocalSession(), connect_wait=10)
+        with anyio.fail_after(5):
+            pending = await tools.connect({"provider": "github"})
+        assert pending.status == "pending" and pending.user_code and pending.verification_uri
+        assert pending.verification_uri == f"{d.oauth.url}/device" and pending.user_code in pending.message
+        again = await tools.connect({"provider": "github"})
+        assert (again.status, again.user_code) == ("pending", pending.user_code)  # the same code until it expires
+        async with httpx.AsyncClient() as person:
+            await person.post(pending.verification_uri, data={"user_code": pending.user_code, "user": "ssh-octo",
+                                                              "confirm": "yes"})
+        with anyio.fail_after(10):
+            while (done := await tools.connect({"provider": "github"})).status == "pending":
+                await anyio.sleep(0.1)
+        assert done.grant is not None and done.grant.account == "ssh-octo" and done.grant_id
+        call = await tools.request({"url": f"{d.upstream.url}/reflect", "provider": "github"})
+        assert call.body["account"] == "ssh-octo"
+
+
+async def test_with_a_browser_or_a_public_callback_the_tool_keeps_the_browser_flow(
+    device_deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from alter_agents import AlterTools, LocalSession
+
+    monkeypatch.delenv("SSH_CONNECTION", raising=False)
+    monkeypatch.delenv("SSH_TTY", raising=False)
+    monkeypatch.setenv("DISPLAY", ":0")
+    d = device_deployment.local()
+    async with d.app() as app:
+        pending = await AlterTools(app, LocalSession(), connect_wait=0).connect({"provider": "github"})
+    assert pending.status == "pending" and pending.user_code is None
+    assert pending.connect_url and pending.connect_url.startswith(f"{d.oauth.url}/authorize")
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_mcp_url_elicitation_carries_the_verification_uri_and_the_code(
+    device_deployment: Deployment, mode: str
+) -> None:
+    from mcp import Client
+    from mcp_types import ElicitRequestURLParams, ElicitResult
+
+    from alter_agents import LocalSession
+    from mcp_server import build_server
+    from tests.mcp_support import payload
+
+    d = replace(device_deployment.local(),
+                settings=replace(device_deployment.local().settings, connect_method="device"))
+    offered: list[ElicitRequestURLParams] = []
+    async with d.app() as app, anyio.create_task_group() as people:
+
+        async def human(_ctx: object, params: object) -> ElicitResult:
+            assert isinstance(params, ElicitRequestURLParams)
+            offered.append(params)
+            code = params.message.split("enter the code ")[1].rstrip(".")
+
+            async def type_it() -> None:
+                await anyio.sleep(0.3)
+                async with httpx.AsyncClient() as person:
+                    await person.post(f"{d.oauth.url}/device", data={"user_code": code, "user": "mcp-dev",
+                                                                      "confirm": "yes"})
+
+            people.start_soon(type_it)
+            return ElicitResult(action="accept")
+
+        async with Client(build_server(app, LocalSession(), connect_wait=10), mode=mode,
+                          elicitation_callback=human) as client:
+            with anyio.fail_after(30):
+                result = await client.call_tool("connect", {"provider": "github"})
+                while payload(result).get("status") == "pending":  # 2026-07-28: the client comes back
+                    await anyio.sleep(0.2)
+                    result = await client.call_tool("connect", {"provider": "github"})
+    assert payload(result)["grant"]["account"] == "mcp-dev"
+    assert offered and offered[0].url.startswith(f"{d.oauth.url}/device?user_code=")
+    assert f"{d.oauth.url}/device" in offered[0].message

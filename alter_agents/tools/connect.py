@@ -20,6 +20,7 @@ from alter_agents.sessions import GrantSession, HeadlessSession, LocalSession
 from alter_agents.tools.args import ConnectArgs, validate_args
 from alter_agents.tools.context import CallContext, ToolsBase
 from alter_agents.tools.results import ConnectResultOut, shielded
+from alter_agents.vault.device import choose_method
 from alter_agents.vault.memory import MemoryKey
 
 DEFAULT_CONNECT_WAIT = 60.0
@@ -73,9 +74,11 @@ class ConnectTool(ToolsBase):
             if outcome is not None:
                 return outcome
         login_hint = await self._login_hint(spec.name, parsed.account, token)
+        settings = self.app.vault.settings
+        method = choose_method(settings.connect_method, spec, public_callback=bool(settings.public_url))
         start = await self.app.start_connect(spec.name, user_token=token, label=parsed.label, scopes=parsed.scopes,
                                              headless=isinstance(self.session, HeadlessSession | LocalSession),
-                                             login_hint=login_hint)
+                                             login_hint=login_hint, method=method)
         ours = _Flow(start=start, label=parsed.label, account=parsed.account)
         stored = await memory.remember(key, ours.model_dump_json(), _seconds_until(start.expires_at),
                                        keep_existing=flow is None)
@@ -121,6 +124,14 @@ class ConnectTool(ToolsBase):
         try:
             status = await self.app.vault.wait_connect(start.session_id, wait, progress)
         except ConnectTimeoutError:
+            if start.method == "device":
+                return ConnectResultOut(
+                    status="pending", provider=start.provider, connect_url=start.connect_url,
+                    verification_uri=start.verification_uri, user_code=start.user_code, expires_at=start.expires_at,
+                    message=f"Tell the user to open {start.verification_uri} on any device and enter the code "
+                            f"{start.user_code} to sign in to {start.provider} (until expires_at). After they "
+                            "finish, call connect again with the same provider to get the account.",
+                )
             return ConnectResultOut(
                 status="pending", provider=start.provider, connect_url=start.connect_url,
                 expires_at=start.expires_at,

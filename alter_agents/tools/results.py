@@ -33,6 +33,8 @@ class ConnectResultOut(BaseModel):
     grant: GrantRef | None = None
     grant_id: str | None = None
     connect_url: str | None = None
+    verification_uri: str | None = Field(None, exclude_if=lambda v: v is None)
+    user_code: str | None = Field(None, exclude_if=lambda v: v is None)
     expires_at: datetime | None = None
     message: str
 

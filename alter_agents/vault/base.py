@@ -6,12 +6,14 @@ from typing import Protocol
 
 from alter_agents.models import ConnectMethod, ConnectStart, ConnectStatus, Grant, ReleasedCredential
 from alter_agents.providers import Providers
+from alter_agents.settings import Settings
 from alter_agents.vault.connect import ProgressCallback
 from alter_agents.vault.memory import Memory
 
 
 class Vault(Protocol):
     providers: Providers
+    settings: Settings
 
     @property
     def memory(self) -> Memory:

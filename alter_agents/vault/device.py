@@ -8,9 +8,11 @@ form-encoded (and with HTTP 200 for errors) unless asked for JSON, Google says `
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,7 @@ from alter_agents.errors import (
     ConnectError,
     ConnectTimeoutError,
 )
+from alter_agents.models import ConnectMethod
 from alter_agents.providers import ProviderSpec
 from alter_agents.vault.oauth import TokenSet
 
@@ -48,6 +51,31 @@ class DeviceCode:
 
 def supports_device(spec: ProviderSpec) -> bool:
     return bool(spec.device_authorization_url and spec.token_url and spec.client_id)
+
+
+def no_local_browser(env: Mapping[str, str] | None = None) -> bool:
+    """No browser can reach a loopback callback here: an SSH session, or Linux without a display or $BROWSER."""
+    env = os.environ if env is None else env
+    if env.get("SSH_CONNECTION") or env.get("SSH_TTY"):
+        return True
+    headless = sys.platform.startswith("linux") and not (env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
+    return headless and not env.get("BROWSER")
+
+
+def choose_method(setting: str, spec: ProviderSpec, *, public_callback: bool) -> ConnectMethod:
+    """Which flow links an account: `ALTER_CONNECT_METHOD` decides; `auto` takes the device flow only where
+    the browser flow cannot complete (no public callback and no browser on this machine) and the provider
+    supports it."""
+    if setting == "device":
+        if not supports_device(spec):
+            raise ConfigurationError(
+                f"ALTER_CONNECT_METHOD=device, but {spec.display_name or spec.name} has no device sign-in "
+                "configured (device_authorization_url and a client id).", provider=spec.name,
+            )
+        return "device"
+    if setting == "auto" and not public_callback and supports_device(spec) and no_local_browser():
+        return "device"
+    return "browser"
 
 
 async def request_code(http: httpx.AsyncClient, spec: ProviderSpec, scopes: list[str] | None = None) -> DeviceCode:
