@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from alter_agents.errors import ConnectDeniedError, ConnectTimeoutError
+from alter_agents.errors import ConfigurationError, ConnectDeniedError, ConnectTimeoutError
 from alter_agents.providers import ProviderSpec
 from alter_agents.vault import device
 from tests.fixtures import OAuthServer, UpstreamAPI
@@ -139,3 +139,19 @@ async def test_two_users_polling_at_once_each_get_their_own_account(
         alice_tokens, bob_tokens = await polls
     assert oauth.lookup(alice_tokens.access_token) == "alice-dev"
     assert oauth.lookup(bob_tokens.access_token) == "bob-dev"
+
+
+def test_a_token_endpoint_moved_elsewhere_does_not_inherit_the_built_in_device_endpoint(
+    oauth: OAuthServer, oauth_client: tuple[str, str], upstream: UpstreamAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A providers file pointing github's token_url at another server must not send its device requests to
+    github.com: the device endpoint only counts on the token endpoint's own host."""
+    monkeypatch.setenv("SSH_CONNECTION", "10.0.0.1 50000 10.0.0.2 22")  # no browser here: auto would pick device
+    moved = _spec(oauth, oauth_client, upstream).model_copy(
+        update={"device_authorization_url": "https://github.com/login/device/code"})
+    assert not device.supports_device(moved)
+    assert device.choose_method("auto", moved, public_callback=False) == "browser"
+    assert device.choose_method("auto", _spec(oauth, oauth_client, upstream), public_callback=False) == "device"
+    assert device.choose_method("auto", _spec(oauth, oauth_client, upstream), public_callback=True) == "browser"
+    with pytest.raises(ConfigurationError, match="no device sign-in"):
+        device.choose_method("device", moved, public_callback=False)

@@ -50,7 +50,11 @@ class DeviceCode:
 
 
 def supports_device(spec: ProviderSpec) -> bool:
-    return bool(spec.device_authorization_url and spec.token_url and spec.client_id)
+    """The provider can sign in with a device code: an endpoint on the same host as its token endpoint
+    (a providers file that moves `token_url` elsewhere does not inherit the built-in device endpoint)."""
+    if not (spec.device_authorization_url and spec.token_url and spec.client_id):
+        return False
+    return urllib.parse.urlsplit(spec.device_authorization_url).netloc == urllib.parse.urlsplit(spec.token_url).netloc
 
 
 def no_local_browser(env: Mapping[str, str] | None = None) -> bool:
@@ -80,7 +84,7 @@ def choose_method(setting: str, spec: ProviderSpec, *, public_callback: bool) ->
 
 async def request_code(http: httpx.AsyncClient, spec: ProviderSpec, scopes: list[str] | None = None) -> DeviceCode:
     """Step (A)/(B) of RFC 8628: ask the provider for a device code and a user code."""
-    if not spec.device_authorization_url or not spec.token_url:
+    if not spec.device_authorization_url or not spec.token_url or not supports_device(spec):
         raise ConfigurationError(
             f"{spec.display_name or spec.name} does not support sign-in with a device code "
             "(no device_authorization_url); use the browser flow.", provider=spec.name,
