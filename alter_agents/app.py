@@ -16,6 +16,7 @@ import httpx
 from alter_agents.errors import AlterError, ConfigurationError, InvalidArgumentsError
 from alter_agents.models import ApiResponse, ConnectMethod, ConnectResult, ConnectStart, Grant
 from alter_agents.providers import Providers
+from alter_agents.providers.binding import refuse_caller_parts
 from alter_agents.settings import Settings
 from alter_agents.upstream import Upstream
 from alter_agents.vault.base import Vault
@@ -99,7 +100,7 @@ class App:
             raise InvalidArgumentsError(f"{url!r} is not an absolute URL.") from None
         if not host:
             raise InvalidArgumentsError(f"{url!r} is not an absolute URL (e.g. https://api.github.com/user).")
-        return str(self.vault.providers.for_host(host).name)
+        return str(self.vault.providers.for_url(url).name)
 
     async def request(
         self,
@@ -138,6 +139,8 @@ class App:
         token = await self.user_token(user_token)
         if not provider and not grant_id:
             provider = self.infer_provider(url)
+        if provider:  # refused before anything is released; `Upstream.send` checks again for grant ids
+            refuse_caller_parts(self.providers.get(provider).inject.to_injection(), headers, query, url)
         credential = await self.vault.release_for(
             url=url, method=method, provider=provider, user_token=token, account=account, label=label,
             grant_id=grant_id,
@@ -147,9 +150,11 @@ class App:
             response, latency = await self.upstream.send(
                 credential, method, url, query=query, headers=headers, json=json, content=content
             )
-        except AlterError as exc:
-            await self.vault.record_call(credential.grant, method=method, url=url, status=None, latency_ms=None,
-                                         principal=credential.principal, error=exc.code)
+        except BaseException as exc:  # a released credential is audited whatever happened to the call
+            code = exc.code if isinstance(exc, AlterError) else "internal"
+            with anyio.CancelScope(shield=True):
+                await self.vault.record_call(credential.grant, method=method, url=url, status=None,
+                                             latency_ms=None, principal=credential.principal, error=code)
             raise
         await self.vault.record_call(credential.grant, method=method, url=url, status=response.status_code,
                                      latency_ms=latency, principal=credential.principal, error=note)

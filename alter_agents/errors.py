@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
+from alter_agents import redact
 from alter_agents.models import AccountRef, ToolErrorBody, ToolErrorPayload
 
 UserAction = Literal["choose_account", "connect", "reauthorize", "approve", "fix_arguments", "retry_later",
@@ -55,13 +56,14 @@ class AlterError(Exception):
         user_action: UserAction | None = None,
         **data: Any,
     ) -> None:
+        message = redact.redact_text(message)  # a message may quote upstream text or the caller's URL
         super().__init__(message)
         self.message = message
         if retryable is not None:
             self.retryable = retryable  # type: ignore[misc]
         if user_action is not None:
             self.user_action = user_action  # type: ignore[misc]
-        self.data: dict[str, Any] = {k: v for k, v in data.items() if v is not None}
+        self.data: dict[str, Any] = {k: redact.redact_value(v) for k, v in data.items() if v is not None}
 
     def payload(self) -> ToolErrorPayload:
         """The one error shape every surface renders (DESIGN §5)."""

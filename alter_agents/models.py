@@ -10,6 +10,8 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from alter_agents import redact
+
 GrantStatus = Literal["active", "needs_reauth", "revoked"]
 PrincipalKind = Literal["user", "group", "app"]
 ConnectMethod = Literal["browser", "device"]
@@ -113,6 +115,9 @@ class ReleasedCredential:
     hosts: tuple[str, ...]
     allow_http: bool
     principal: str | None = None
+
+    def __post_init__(self) -> None:
+        redact.register(self.token)  # from release on, no message or log record may carry it
 
     def __repr__(self) -> str:
         return f"ReleasedCredential(grant={self.grant.grant_id!r}, token=<redacted>)"

@@ -1,105 +1,48 @@
 """The outgoing call: bind the credential to its provider's hosts, inject it, follow safe redirects.
 
 The destination is checked before the credential is attached, on the first hop and on every
-redirect; a redirect that leaves the provider's hosts is refused, so the credential never travels
-there. Every occurrence of the credential in what comes back is redacted.
+redirect (`providers.binding`); a redirect that leaves the provider's hosts is refused, so the
+credential never travels there. What comes back is redacted by `redact` in bytes and headers, cut so
+no beginning of the credential is left at the edge, and every call has one overall deadline.
+Errors leave this module detached: no `__context__`, no traceback frames holding a request.
 """
 
 from __future__ import annotations
 
 import base64
-import functools
-import ipaddress
 import json as jsonlib
 import logging
 import time
-import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+import anyio
 import httpx
 
 from alter_agents.errors import AlterError, HostNotAllowedError, UpstreamTimeoutError, UpstreamUnreachableError
 from alter_agents.models import ApiResponse, ReleasedCredential
-from alter_agents.providers.spec import host_matches
+from alter_agents.providers.binding import check_destination, is_loopback, refuse_caller_parts
+from alter_agents.redact import REDACTED, cut, redact_bytes, redact_headers, redact_text
+
+__all__ = ["REDACTED", "Upstream", "check_destination", "is_loopback"]
+
+log = logging.getLogger("alter_agents.upstream")
 
 MAX_REDIRECTS = 5
 DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
-REDACTED = "[REDACTED]"
 _REDIRECTS = {301, 302, 303, 307, 308}
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 
 
-class _ScrubQueries(logging.Filter):
-    """httpx logs each request's full URL at INFO; a credential injected as a query parameter would
-    ride along. Every URL it logs loses its query string before any handler sees it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                f"{arg.copy_with(query=None)}?[query hidden]" if isinstance(arg, httpx.URL) and arg.query else arg
-                for arg in record.args
-            )
-        return True
-
-
-logging.getLogger("httpx").addFilter(_ScrubQueries())
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_destination(url: str, provider: str, hosts: tuple[str, ...] | list[str], allow_http: bool) -> httpx.URL:
-    """Refuse a URL the credential may not be sent to; return it parsed."""
-    return _check_destination(url, provider, tuple(hosts), allow_http)
-
-
-@functools.lru_cache(maxsize=1024)
-def _check_destination(url: str, provider: str, hosts: tuple[str, ...], allow_http: bool) -> httpx.URL:
-    """Pure, so an agent's repeated URLs are parsed once; refusals are raised, never cached."""
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise HostNotAllowedError(url, provider, hosts, reason=f"it is not a valid URL ({exc})") from None
-    host = parsed.host.lower().rstrip(".")
-    if parsed.scheme == "http":
-        if not (allow_http and is_loopback(host)):
-            raise HostNotAllowedError(url, provider, hosts, reason="only https URLs are allowed")
-    elif parsed.scheme != "https":
-        raise HostNotAllowedError(url, provider, hosts, reason="only https URLs are allowed")
-    if parsed.userinfo:
-        raise HostNotAllowedError(url, provider, hosts, reason="URLs with user info are not allowed")
-    if not host_matches(host, hosts):
-        raise HostNotAllowedError(url, provider, hosts)
-    return parsed
-
-
-@functools.lru_cache(maxsize=256)
-def _secret_forms(token: str) -> tuple[bytes, ...]:
-    """The token as it may appear on the wire or be echoed back."""
-    forms = {token, urllib.parse.quote(token, safe=""), urllib.parse.quote_plus(token)}
-    forms.add(base64.b64encode(f"{token}:".encode()).decode())
-    return tuple(sorted((f.encode() for f in forms if len(f) >= 4), key=len, reverse=True))
-
-
-def redact(data: bytes, token: str) -> bytes:
-    for form in _secret_forms(token):
-        data = data.replace(form, REDACTED.encode())
-    return data
-
-
-def redact_text(text: str, token: str) -> str:
-    return redact(text.encode(), token).decode("utf-8", errors="replace")
+def _detached(exc: AlterError) -> AlterError:
+    """The error without what raised it: the httpx exception it replaced holds the credentialed request."""
+    exc.__cause__ = exc.__context__ = None
+    exc.__suppress_context__ = True
+    return exc.with_traceback(None)
 
 
 class Upstream:
-    """One pooled HTTP client shared by every call."""
+    """One pooled HTTP client shared by every call; `timeout` is each call's overall deadline."""
 
     def __init__(
         self,
@@ -113,6 +56,7 @@ class Upstream:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=64),
         )
+        self.timeout = timeout
         self.max_response_bytes = max_response_bytes
 
     async def aclose(self) -> None:
@@ -129,7 +73,29 @@ class Upstream:
         json: Any = None,
         content: bytes | str | None = None,
     ) -> tuple[ApiResponse, float]:
-        """Send the call with the credential; returns the redacted response and latency in ms."""
+        """Send the call with the credential; returns the redacted response and latency in ms.
+
+        The deadline covers connecting, sending, every redirect and reading the whole body."""
+        failure: AlterError
+        try:
+            refuse_caller_parts(credential.injection, headers, query, url)
+            with anyio.fail_after(self.timeout):
+                return await self._exchange(credential, method, url, query, headers, json, content)
+        except TimeoutError:
+            failure = UpstreamTimeoutError(
+                f"{credential.grant.provider} did not answer within {self.timeout:g} s; try again later."
+            )
+        except AlterError as exc:
+            failure = exc
+        except Exception as exc:  # a fault of ours: logged (redacted), and raised without the request it held
+            log.exception("the call to %s failed", credential.grant.provider)
+            failure = AlterError(f"Internal error ({type(exc).__name__}) while calling {credential.grant.provider}.")
+        raise _detached(failure)
+
+    async def _exchange(
+        self, credential: ReleasedCredential, method: str, url: str, query: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None, json: Any, content: bytes | str | None,
+    ) -> tuple[ApiResponse, float]:
         provider = credential.grant.provider
         target = check_destination(url, provider, credential.hosts, credential.allow_http)
         if query:
@@ -144,10 +110,13 @@ class Upstream:
             body_kwargs["content"] = content
         started = time.perf_counter()
         for _hop in range(MAX_REDIRECTS + 1):
-            request = self._client.build_request(
-                method, self._inject(target, credential), headers=self._headers(headers, credential), **body_kwargs
+            response = await self._send(
+                self._client.build_request(
+                    method, self._inject(target, credential), headers=self._headers(headers, credential),
+                    **body_kwargs,
+                ),
+                credential,
             )
-            response = await self._send(request, credential)
             location = response.headers.get("location")
             if response.status_code not in _REDIRECTS or not location:
                 return await self._finish(response, credential, started)
@@ -156,10 +125,9 @@ class Upstream:
             try:
                 target = check_destination(next_url, provider, credential.hosts, credential.allow_http)
             except HostNotAllowedError:
-                refused = HostNotAllowedError(
-                    url, provider, credential.hosts,
-                    reason=f"the API redirected to {httpx.URL(next_url).host}, outside {provider}'s hosts",
-                )
+                where = redact_text(_host_of(next_url), [credential.token], ignore_case=True)
+                reason = f"the API redirected to {where}, outside {provider}'s hosts"
+                refused = HostNotAllowedError(url, provider, credential.hosts, reason=reason)
                 refused.sent = True  # the first hop reached the provider; the redirect was not followed
                 raise refused from None
             if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
@@ -179,7 +147,7 @@ class Upstream:
             )
             error.sent = _may_have_left(exc)
             raise error from None
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:
             error = UpstreamUnreachableError(
                 f"Could not reach {credential.grant.provider} ({host}): {type(exc).__name__}; try again later."
             )
@@ -189,8 +157,11 @@ class Upstream:
     async def _finish(
         self, response: httpx.Response, credential: ReleasedCredential, started: float
     ) -> tuple[ApiResponse, float]:
-        token = credential.token
+        secrets = (credential.token,)
         limit = self.max_response_bytes
+        # Read past the limit by the longest written form of the credential, so one that starts before
+        # the limit is read whole and redacted rather than cut into a recognisable beginning.
+        margin = 12 * len(credential.token) + 64
         chunks: list[bytes] = []
         size = 0
         truncated = False
@@ -198,25 +169,33 @@ class Upstream:
             async for chunk in response.aiter_bytes():
                 chunks.append(chunk)
                 size += len(chunk)
-                if size > limit + len(token):
+                if size > limit + margin:
                     truncated = True
                     break
         except httpx.TimeoutException:
             stalled: AlterError = UpstreamTimeoutError(f"{credential.grant.provider} stopped sending its response.")
             stalled.sent = True
             raise stalled from None
-        except httpx.TransportError:
+        except httpx.DecodingError:
+            garbled = UpstreamUnreachableError(
+                f"{credential.grant.provider}'s response could not be decoded (its content encoding is broken).",
+                retryable=False, user_action="none",
+            )
+            garbled.sent = True
+            raise garbled from None
+        except httpx.HTTPError:
             broken = UpstreamUnreachableError(
                 f"The connection to {credential.grant.provider} broke while reading its response."
             )
             broken.sent = True
             raise broken from None
         finally:
-            await response.aclose()
-        content = redact(b"".join(chunks), token)
-        if len(content) > limit:
-            content, truncated = content[:limit], True
-        headers = {k.lower(): redact_text(v, token) for k, v in response.headers.items()}
+            with anyio.CancelScope(shield=True):  # a call past its deadline still returns its connection
+                await response.aclose()
+        content = redact_bytes(b"".join(chunks), secrets)
+        if truncated or len(content) > limit:
+            content, truncated = cut(content, limit, secrets), True
+        headers = redact_headers(response.headers.multi_items(), secrets)
         headers.pop("content-encoding", None)
         headers.pop("content-length", None)
         api = ApiResponse(
@@ -243,9 +222,10 @@ class Upstream:
 
 
 def _public_request(sent: httpx.Request, credential: ReleasedCredential) -> httpx.Request:
-    """The sent request's method and URL only: no headers, and no query parameter carrying the credential."""
+    """The sent request's method and URL only: no headers, no query parameter carrying the credential,
+    and no echo of it a redirect may have put in the URL."""
     url = sent.url.copy_remove_param(credential.injection.query) if credential.injection.query else sent.url
-    return httpx.Request(sent.method, url)
+    return httpx.Request(sent.method, redact_text(str(url), [credential.token]))
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -253,9 +233,16 @@ def _json_bytes(value: Any) -> bytes:
     return jsonlib.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
-def _may_have_left(exc: httpx.TransportError) -> bool:
+def _may_have_left(exc: httpx.HTTPError) -> bool:
     """False only when no byte of the request can have reached the provider (no connection was made)."""
     return not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
+def _host_of(url: str) -> str:
+    try:
+        return str(httpx.URL(url).host)
+    except (httpx.InvalidURL, TypeError):
+        return "an invalid URL"
 
 
 def _query_value(value: Any) -> Any:

@@ -72,7 +72,8 @@ def bench_vault(store_url: str | None = None, upstream_delay: float = 0.0) -> It
             upstream_process(api_token, upstream_delay) as api_url:
         providers = Path(tmp) / "providers.toml"
         providers.write_text(
-            '[providers.bench]\nkind = "secret"\nhosts = ["127.0.0.1"]\nallow_http = true\n', "utf-8"
+            f'[providers.bench]\nkind = "secret"\nhosts = ["{api_url.removeprefix("http://")}"]\nallow_http = true\n',
+            "utf-8"
         )
         env = {
             "ALTER_VAULT_URL": store_url or f"sqlite+aiosqlite:///{tmp}/vault.db",

@@ -117,7 +117,7 @@ class DemoProvider:
 [providers.demo]
 kind = "oauth2"
 display_name = "Demo"
-hosts = ["127.0.0.1"]
+hosts = ["{self.url.removeprefix('http://')}"]
 allow_http = true
 inject = {{ header = "Authorization", format = "Bearer {{token}}" }}
 authorize_url = "{self.url}/authorize"

@@ -125,11 +125,12 @@ async def abrowser() -> AsyncIterator[AsyncBrowser]:
 def write_providers_file(path: Path, oauth: OAuthServer, upstream: UpstreamAPI, client: tuple[str, str]) -> Path:
     """Point github and google at the local OAuth server and API; stripe is a managed secret there."""
     client_id, client_secret = client
+    api = f"127.0.0.1:{upstream.port}"  # a host entry names its port: other loopback services get nothing
     entries = []
     for name, field in (("github", "login"), ("google", "email")):
         entries.append(f"""
 [providers.{name}]
-hosts = ["127.0.0.1"]
+hosts = ["{api}"]
 allow_http = true
 authorize_url = "{oauth.url}/authorize"
 token_url = "{oauth.url}/token"
@@ -139,28 +140,28 @@ scopes = ["read"]
 authorize_params = {{}}
 account = {{ url = "{upstream.url}/user", field = "{field}", display_field = "name" }}
 """)
-    entries.append("""
+    entries.append(f"""
 [providers.stripe]
-hosts = ["127.0.0.1"]
+hosts = ["{api}"]
 allow_http = true
 
 [providers.keyed]
 kind = "secret"
-hosts = ["127.0.0.1"]
+hosts = ["{api}"]
 allow_http = true
-inject = { header = "X-Api-Key", format = "{token}" }
+inject = {{ header = "X-Api-Key", format = "{{token}}" }}
 
 [providers.queried]
 kind = "secret"
-hosts = ["127.0.0.1"]
+hosts = ["{api}"]
 allow_http = true
-inject = { query = "api_key" }
+inject = {{ query = "api_key" }}
 
 [providers.basic]
 kind = "secret"
-hosts = ["127.0.0.1"]
+hosts = ["{api}"]
 allow_http = true
-inject = { basic = true }
+inject = {{ basic = true }}
 """)
     path.write_text("".join(entries), "utf-8")
     return path

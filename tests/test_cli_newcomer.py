@@ -246,9 +246,10 @@ def test_where_shows_the_vault_the_key_and_the_configuration(tmp_path: Path) -> 
     assert shared["key_file"] == str(data / "vault.key")  # ALTER_DATA_DIR holds it, not the platform default
 
 
-def test_providers_json_has_real_types(local: dict[str, str]) -> None:
+def test_providers_json_has_real_types(local: dict[str, str], sqlite_deployment: Deployment) -> None:
     rows = {r["provider"]: r for r in json.loads(_cli(local, "providers", "--json").stdout)}
-    assert rows["github"]["hosts"] == ["127.0.0.1"] and rows["github"]["configured"] is True
+    assert rows["github"]["hosts"] == [f"127.0.0.1:{sqlite_deployment.upstream.port}"]
+    assert rows["github"]["configured"] is True
     assert rows["notion"]["configured"] is False and rows["stripe"]["configured"] is True
     assert all(isinstance(r["hosts"], list) for r in rows.values())
 

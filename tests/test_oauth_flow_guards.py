@@ -122,7 +122,7 @@ def _providers(path: Path, oauth: OAuthServer, upstream: UpstreamAPI, client: tu
     for name, method in (("basic", "client_secret_basic"), ("posted", "client_secret_post")):
         entries.append(f"""
 [providers.{name}]
-hosts = ["127.0.0.1"]
+hosts = ["127.0.0.1:{upstream.port}"]
 allow_http = true
 authorize_url = "{oauth.url}/authorize"
 token_url = "{oauth.url}/token"

@@ -192,7 +192,8 @@ async def _host_not_allowed(s: Story) -> Any:
     await connect_as(s.app, s.browser, "google", ALICE_PERSONAL, alice)
     local_host = s.echo.replace("127.0.0.1", "localhost")
     outcome = await AlterTools(s.app, UserSession(alice)).run_request({"url": local_host, "provider": "google"})
-    return outcome, lambda e: e["allowed_hosts"] == ["127.0.0.1"] and e["provider"] == "google"
+    bound = f"127.0.0.1:{s.d.upstream.port}"  # the test provider's host entry names its port
+    return outcome, lambda e: e["allowed_hosts"] == [bound] and e["provider"] == "google"
 
 
 @story("unknown_provider")

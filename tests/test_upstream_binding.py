@@ -12,7 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from alter_agents import App, HostNotAllowedError, Settings, UpstreamTimeoutError, UpstreamUnreachableError
+from alter_agents import (
+    App,
+    HostNotAllowedError,
+    InvalidArgumentsError,
+    Settings,
+    UpstreamTimeoutError,
+    UpstreamUnreachableError,
+)
 from alter_agents.models import APP
 from alter_agents.upstream import REDACTED, Upstream, check_destination
 from tests.conftest import Deployment, connect_as
@@ -42,8 +49,12 @@ def _url(upstream: UpstreamAPI, path: str, **query: str) -> str:
     ("https://api.acme.com/v1", ["api.acme.com"], False, None),
     ("https://eu.cdn.acme.com/x", ["*.cdn.acme.com"], False, None),
     ("https://API.ACME.COM./v1", ["api.acme.com"], False, None),
-    ("https://api.acme.com:8443/v1", ["api.acme.com"], False, None),
-    ("http://127.0.0.1:8000/v1", ["127.0.0.1"], True, None),
+    ("https://api.acme.com:443/v1", ["api.acme.com"], False, None),
+    ("https://api.acme.com:8443/v1", ["api.acme.com:8443"], False, None),
+    ("https://api.acme.com:8443/v1", ["api.acme.com"], False, "not one of"),
+    ("http://127.0.0.1:8000/v1", ["127.0.0.1:8000"], True, None),
+    ("http://127.0.0.1:8001/v1", ["127.0.0.1:8000"], True, "not one of"),
+    ("http://127.0.0.1:8000/v1", ["127.0.0.1"], True, "not one of"),
     ("http://localhost/v1", ["localhost"], True, None),
     ("http://api.acme.com/v1", ["api.acme.com"], False, "only https"),
     ("http://api.acme.com/v1", ["api.acme.com"], True, "only https"),  # http only for loopback
@@ -174,12 +185,16 @@ async def test_a_credential_sent_as_a_query_parameter_never_reaches_the_logs(
     assert all(SECRET not in r.getMessage() for r in caplog.records)
 
 
-async def test_the_callers_own_auth_header_cannot_replace_the_credential(
+async def test_the_callers_own_auth_header_is_refused_before_anything_is_sent(
     app: App, sqlite_deployment: Deployment
 ) -> None:
     upstream = sqlite_deployment.upstream
-    response = await app.request("GET", upstream.echo_url("x"), provider="stripe",
-                                 headers={"Authorization": "Bearer something-else", "X-Trace": "t1"})
+    upstream.reset_records()
+    with pytest.raises(InvalidArgumentsError, match="Authorization"):
+        await app.request("GET", upstream.echo_url("x"), provider="stripe",
+                          headers={"Authorization": "Bearer something-else", "X-Trace": "t1"})
+    assert upstream.requests == []
+    response = await app.request("GET", upstream.echo_url("x"), provider="stripe", headers={"X-Trace": "t1"})
     assert response.json_body()["account"] == "acct-1"
     assert response.json_body()["headers"]["x-trace"] == "t1"
 

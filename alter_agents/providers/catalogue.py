@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -9,10 +10,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pydantic import ValidationError
 
 from alter_agents.errors import ConfigurationError, InvalidArgumentsError, UnknownProviderError
+from alter_agents.providers import binding
 from alter_agents.providers.spec import ProviderSpec
+
+log = logging.getLogger("alter_agents.providers")
 
 
 def _builtin_entries() -> dict[str, dict[str, Any]]:
@@ -48,6 +53,8 @@ class Providers:
             except (OSError, tomllib.TOMLDecodeError) as exc:
                 raise ConfigurationError(f"Cannot read providers file {path}: {exc}") from exc
             for name, override in user.items():
+                if name in entries and "hosts" in override:
+                    _warn_on_moved_hosts(name, entries[name].get("hosts", []), override["hosts"], path)
                 entries[name] = _merge(entries.get(name, {}), override)
         specs: dict[str, ProviderSpec] = {}
         for name, entry in entries.items():
@@ -61,7 +68,7 @@ class Providers:
             try:
                 specs[name] = ProviderSpec(name=name, **entry)
             except ValidationError as exc:
-                raise ConfigurationError(f"Provider {name!r} is invalid: {_problems(exc)}.") from exc
+                raise ConfigurationError(f"Provider {name!r} is invalid: {_problems(exc)}.") from None
         return cls(specs)
 
     def __iter__(self) -> Iterator[ProviderSpec]:
@@ -80,8 +87,13 @@ class Providers:
             raise UnknownProviderError(name, list(self._specs)) from None
 
     def for_host(self, host: str) -> ProviderSpec:
-        """The single provider that claims `host`; an error naming the candidates otherwise."""
-        claimants = [spec for spec in self._specs.values() if spec.claims_host(host)]
+        """The single provider whose https API lives on `host` (default port); see `for_url`."""
+        return self.for_url(f"https://{host}/")
+
+    def for_url(self, url: str) -> ProviderSpec:
+        """The single provider that claims `url`'s host and port; an error naming the candidates otherwise."""
+        claimants = [spec for spec in self._specs.values() if spec.claims(url)]
+        host = _where(url)
         if len(claimants) == 1:
             return claimants[0]
         if not claimants:
@@ -105,3 +117,37 @@ def _problems(exc: ValidationError) -> str:
         return f"{where}: {error['msg']}"
 
     return "; ".join(one(e) for e in exc.errors())
+
+
+def _where(url: str) -> str:
+    try:
+        return binding.entry_for(httpx.URL(url))
+    except (httpx.InvalidURL, TypeError):
+        return url
+
+
+def _domain(entry: str) -> str:
+    try:
+        host = binding.parse_entry(entry).host
+    except ValueError:
+        return entry
+    return binding.registrable(host)
+
+
+def _loopback(entry: str) -> bool:
+    try:
+        return binding.is_loopback(binding.parse_entry(entry).host)
+    except ValueError:
+        return False
+
+
+def _warn_on_moved_hosts(name: str, builtin: list[str], override: object, path: object) -> None:
+    """A built-in provider's credential sent to another domain is legitimate (a proxy) but easy to do by
+    mistake or by a tampered file: say so. A loopback fake (local development, tests) stays on the machine."""
+    if not isinstance(override, list):
+        return
+    known = {_domain(h) for h in builtin}
+    moved = sorted(str(h) for h in override if _domain(str(h)) not in known and not _loopback(str(h)))
+    if moved:
+        log.warning("providers file %s sends the built-in %s credential to other domains: %s",
+                    path, name, ", ".join(moved))

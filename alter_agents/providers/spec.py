@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Iterable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from alter_agents.models import Injection
+from alter_agents.providers import binding
 from alter_agents.scopes import ScopeSignals
 
 
@@ -19,6 +18,13 @@ class InjectSpec(BaseModel):
     format: str = "Bearer {token}"
     query: str | None = None
     basic: bool = False
+
+    @field_validator("format")
+    @classmethod
+    def _has_token(cls, value: str) -> str:
+        if "{token}" not in value:
+            raise ValueError("inject.format must contain {token}, where the credential goes")
+        return value
 
     def to_injection(self) -> Injection:
         if self.query:
@@ -56,17 +62,18 @@ class ProviderSpec(BaseModel):
     login_hint: str | None = None  # the authorize parameter that pre-selects an account (e.g. login_hint)
     account: AccountLookup | None = None
     client_id: str | None = None
-    client_secret: str | None = None
+    client_secret: SecretStr | None = None
     token_auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_post"
     docs_url: str | None = None
     scope_signals: ScopeSignals | None = None  # how the provider says a token lacks a permission
 
-    def claims_host(self, host: str) -> bool:
-        """True when `host` is one of this provider's hosts (`*.example.com` patterns allowed)."""
-        return host_matches(host, self.hosts)
+    @field_validator("hosts")
+    @classmethod
+    def _safe_hosts(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            binding.parse_entry(entry)
+        return value
 
-
-def host_matches(host: str, patterns: Iterable[str]) -> bool:
-    """The one host-binding rule: a host name (any port) against exact names or `*.` patterns."""
-    host = host.lower().rstrip(".")
-    return any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in patterns)
+    def claims(self, url: str) -> bool:
+        """True when `url` (host and port) is one of this provider's API destinations."""
+        return binding.claims(url, self.hosts)

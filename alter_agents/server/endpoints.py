@@ -75,7 +75,7 @@ async def token(request: Request) -> Response:
         raise InvalidArgumentsError("request.url is required: the vault checks where the credential goes.")
     provider = req.provider_id
     if not provider and not req.grant_id:
-        provider = vault.providers.for_host(_host(req.request.url)).name
+        provider = vault.providers.for_url(_absolute(req.request.url)).name
     try:
         credential = await vault.release_for(
             url=req.request.url, method=req.request.method, provider=provider, user_token=req.user_token,
@@ -186,10 +186,13 @@ async def health(_request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-def _host(url: str) -> str:
+def _absolute(url: str) -> str:
     try:
-        return httpx.URL(url).host
+        host = httpx.URL(url).host
     except (httpx.InvalidURL, TypeError):
-        raise InvalidArgumentsError(f"{url!r} is not an absolute URL.") from None
+        host = ""
+    if not host:
+        raise InvalidArgumentsError(f"{url!r} is not an absolute URL.")
+    return url
 
 

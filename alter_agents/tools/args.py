@@ -8,11 +8,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alter_agents.errors import InvalidArgumentsError
+from alter_agents.models import Injection
+from alter_agents.providers.binding import refuse_caller_parts
 
-_REFUSED_HEADERS = frozenset({
-    "authorization", "proxy-authorization", "cookie", "x-api-key", "api-key", "x-auth-token",
-    "private-token", "x-goog-api-key", "host",
-})
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _HEADER_VALUE = re.compile(r"^[\t\x20-\x7e]*$")
 
@@ -105,11 +103,8 @@ def arguments_error(exc: ValidationError) -> InvalidArgumentsError:
 
 
 
-def refuse_credential_headers(headers: dict[str, str] | None) -> None:
-    refused = sorted(h for h in (headers or {}) if h.lower() in _REFUSED_HEADERS)
-    if refused:
-        raise InvalidArgumentsError(
-            f"Do not send {', '.join(refused)}: credentials are added for you. Remove them and call again.",
-            refused_headers=refused,
-        )
+def refuse_credential_headers(headers: dict[str, str] | None, injection: Injection | None = None) -> None:
+    """Refuse credential and framing headers before anything is resolved (`binding.refuse_caller_parts`);
+    the provider's own injection header is refused again once the grant is known, before sending."""
+    refuse_caller_parts(injection, headers)
 

@@ -7,10 +7,9 @@ import logging
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-import httpx
-
 from alter_agents.errors import AlterError, AmbiguousGrantError, NotConnectedError
 from alter_agents.models import AccountRef, ApiResponse, ToolErrorPayload
+from alter_agents.redact import cut, redact_headers, redact_text, redact_value
 from alter_agents.sessions import GrantSession, HeadlessSession
 from alter_agents.tools.args import GrantRequestArgs, RequestArgs, refuse_credential_headers, validate_args
 from alter_agents.tools.context import CallContext, ToolsBase
@@ -126,8 +125,7 @@ class RequestTool(ToolsBase):
     def _pinned_provider(self, url: str) -> str:
         """In a headless session, the one pinned provider whose hosts include the URL's."""
         assert isinstance(self.session, HeadlessSession)
-        host = _host(url)
-        claimants = [name for name in self.session.pinned if self.app.providers.get(name).claims_host(host)]
+        claimants = [name for name in self.session.pinned if self.app.providers.get(name).claims(url)]
         return claimants[0] if len(claimants) == 1 else self.app.infer_provider(url)
 
     async def _send(self, args: GrantRequestArgs, provider: str | None, account: str | None,
@@ -142,7 +140,7 @@ class RequestTool(ToolsBase):
         )
 
     def _shape(self, response: ApiResponse, note: str | None) -> RequestResult:
-        headers = {k: v for k, v in response.headers.items()
+        headers = {k: v for k, v in redact_headers(response.headers.items()).items()
                    if k in _USEFUL_HEADERS or k.startswith("x-ratelimit")}
         body, truncated = _body(response, self.max_body_bytes)
         return RequestResult(status=response.status, headers=headers, body=body,
@@ -177,11 +175,11 @@ def _body(response: ApiResponse, limit: int) -> tuple[Any, bool]:
         return {"binary": True, "content_type": content_type or None, "size": len(raw)}, False
     if not truncated and "json" in content_type:
         try:
-            return json.loads(raw), False
+            return redact_value(json.loads(raw)), False
         except ValueError:
             pass
-    text = raw[:limit].decode("utf-8", errors="replace")
-    return text, truncated
+    kept = cut(raw, limit) if truncated else raw
+    return redact_text(kept.decode("utf-8", errors="replace")), truncated
 
 
 def _looks_binary(sample: bytes) -> bool:
@@ -191,11 +189,4 @@ def _looks_binary(sample: bytes) -> bool:
 def _names(ref: AccountRef, chosen: str) -> bool:
     wanted = chosen.strip().casefold()
     return ref.account.casefold() == wanted or (ref.label or "").casefold() == wanted
-
-
-def _host(url: str) -> str:
-    try:
-        return str(httpx.URL(url).host)
-    except (httpx.InvalidURL, TypeError):
-        return ""
 

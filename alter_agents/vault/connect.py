@@ -18,7 +18,7 @@ import httpx
 from alter_agents.errors import AlterError, ConnectDeniedError, ConnectError, ConnectTimeoutError
 from alter_agents.models import ConnectResult, ConnectStart, ConnectStatus
 from alter_agents.providers import Providers
-from alter_agents.upstream import check_destination
+from alter_agents.providers.binding import check_destination
 from alter_agents.vault import oauth
 from alter_agents.vault.crypto import Cipher
 from alter_agents.vault.loopback import LoopbackReceiver

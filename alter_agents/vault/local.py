@@ -29,8 +29,8 @@ from alter_agents.models import (
     ReleasedCredential,
 )
 from alter_agents.providers import Providers, ProviderSpec
+from alter_agents.providers.binding import check_destination
 from alter_agents.settings import Settings
-from alter_agents.upstream import check_destination
 from alter_agents.vault import oauth
 from alter_agents.vault.audit import AuditWriter
 from alter_agents.vault.cache import GrantCache

@@ -92,11 +92,11 @@ async def _token_request(http: httpx.AsyncClient, spec: ProviderSpec, form: dict
     assert spec.token_url and spec.client_id
     auth: httpx.Auth | None = None
     if spec.token_auth_method == "client_secret_basic":
-        auth = httpx.BasicAuth(spec.client_id, spec.client_secret or "")
+        auth = httpx.BasicAuth(spec.client_id, spec.client_secret.get_secret_value() if spec.client_secret else "")
     else:
         form = {**form, "client_id": spec.client_id}
         if spec.client_secret:
-            form["client_secret"] = spec.client_secret
+            form["client_secret"] = spec.client_secret.get_secret_value()
     last: str = ""
     for delay in (*_RETRY_DELAYS, None):
         try:

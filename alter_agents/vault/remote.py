@@ -40,6 +40,7 @@ from alter_agents.models import (
     ReleasedCredential,
 )
 from alter_agents.providers import Providers, ProviderSpec
+from alter_agents.providers.binding import entry_for, is_loopback
 from alter_agents.server.keys import is_well_formed
 from alter_agents.server.signing import sign
 from alter_agents.server.wire import (
@@ -51,7 +52,6 @@ from alter_agents.server.wire import (
     WireInjection,
 )
 from alter_agents.settings import Settings
-from alter_agents.upstream import is_loopback
 from alter_agents.vault.connect import ProgressCallback, wait_for_connect
 from alter_agents.vault.memory import ProcessMemory
 from alter_agents.vault.remote_audit import AuditPoster
@@ -189,7 +189,7 @@ class RemoteVault:
         except AlterError:
             known = None
         parsed = httpx.URL(url)
-        hosts = tuple(known.hosts) if known else (parsed.host,)
+        hosts = tuple(known.hosts) if known else (entry_for(parsed),)
         allow_http = known.allow_http if known else parsed.scheme == "http" and is_loopback(parsed.host)
         now = datetime.now(UTC)
         grant = Grant(grant_id=token.grant_id, provider=token.provider_id, owner="remote", kind="oauth2",
