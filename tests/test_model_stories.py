@@ -87,7 +87,7 @@ def world(tmp_path: Path, sqlite_url: str, idp: IdentityProvider, oauth: OAuthSe
     with Path(d.settings.providers_file).open("a", encoding="utf-8") as file:
         file.write(f"""
 [providers.slack]
-hosts = ["127.0.0.1"]
+hosts = ["127.0.0.1:{upstream.port}"]
 allow_http = true
 authorize_url = "{oauth.url}/authorize"
 token_url = "{oauth.url}/token"
