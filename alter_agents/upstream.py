@@ -85,6 +85,7 @@ class Upstream:
             failure = UpstreamTimeoutError(
                 f"{credential.grant.provider} did not answer within {self.timeout:g} s; try again later."
             )
+            failure.sent = True  # the deadline may have struck after bytes left: a retry may repeat the call
         except AlterError as exc:
             failure = exc
         except Exception as exc:  # a fault of ours: logged (redacted), and raised without the request it held

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 
 from alter_agents import App
 from alter_agents.errors import ERROR_CODES
-from alter_agents.models import AccountRef, ConnectStart, ToolErrorPayload
+from alter_agents.models import APP, AccountRef, ConnectStart, ToolErrorPayload
 from alter_agents.sessions import GrantSession, HeadlessSession, LocalSession, UserSession
 from alter_agents.tools import AlterTools, CallContext, ConnectResultOut, GrantRequestArgs, RequestArgs, RequestResult
 from alter_agents.upstream import Upstream
@@ -233,8 +234,13 @@ async def _upstream_unreachable(s: Story) -> Any:
     await connect_as(s.app, s.browser, "google", ALICE_PERSONAL, alice)
     outcome = await AlterTools(s.app, UserSession(alice)).run_request(
         {"url": f"{s.d.upstream.url}/reset", "provider": "google"})
-    closed = await AlterTools(s.app, UserSession(alice)).run_request(
-        {"url": "http://127.0.0.1:9/x", "provider": "google"})  # no connection at all: nothing left
+    assert s.d.settings.providers_file is not None  # a provider bound to a port nothing listens on
+    with Path(s.d.settings.providers_file).open("a", encoding="utf-8") as file:
+        file.write('\n[providers.closed]\nkind = "secret"\nhosts = ["127.0.0.1:9"]\nallow_http = true\n')
+    async with App(settings=s.d.settings) as app:
+        grant = await app.vault.add_secret("closed", "sk-closed-port-0001", owner=APP, account="nobody")
+        closed = await AlterTools(app, GrantSession(grant.grant_id)).run_request(
+            {"url": "http://127.0.0.1:9/x"})  # no connection at all: nothing left
     assert isinstance(closed, ToolErrorPayload) and (closed.error.code, closed.error.sent) == (
         "upstream_unreachable", False)
     return outcome, lambda e: e["retryable"] is True

@@ -103,10 +103,10 @@ async def test_a_redirect_to_plain_http_on_a_non_loopback_host_is_refused_for_it
     address, yet a connection to it stays on this machine, so a broken guard would leak nothing off it."""
     d = sqlite_deployment.local()
     d.upstream.add_secret(SECRET, "acct-1")
-    providers = tmp_path / "lan.toml"
-    providers.write_text('[providers.lan]\nkind = "secret"\nhosts = ["127.0.0.1", "0.0.0.0"]\nallow_http = true\n'
-                         'inject = { header = "X-Api-Key", format = "{token}" }\n', "utf-8")
     port = httpx.URL(d.upstream.url).port
+    providers = tmp_path / "lan.toml"
+    providers.write_text(f'[providers.lan]\nkind = "secret"\nhosts = ["127.0.0.1:{port}", "0.0.0.0:{port}"]\n'
+                         'allow_http = true\ninject = { header = "X-Api-Key", format = "{token}" }\n', "utf-8")
     async with App(settings=Settings.from_env({**d.env, "ALTER_PROVIDERS_FILE": str(providers)})) as app:
         await app.vault.add_secret("lan", SECRET, owner=APP, account="acct-1")
         # The same host over https passes the destination check (and then fails the TLS handshake).
