@@ -13,10 +13,13 @@ from typing import Any, TypeVar
 import anyio
 import httpx
 
-from alter_agents.errors import AlterError, ConfigurationError, InvalidArgumentsError
+from alter_agents.approval import Approver
+from alter_agents.errors import AlterError, ConfigurationError, InsufficientScopeError, InvalidArgumentsError
 from alter_agents.models import ApiResponse, ConnectMethod, ConnectResult, ConnectStart, Grant
 from alter_agents.providers import Providers
 from alter_agents.providers.binding import refuse_caller_parts
+from alter_agents.scopes import detect
+from alter_agents.sessions import DEFAULT_SCOPE
 from alter_agents.settings import Settings
 from alter_agents.upstream import Upstream
 from alter_agents.vault.base import Vault
@@ -47,6 +50,7 @@ class App:
         settings: Settings | None = None,
         vault: Vault | None = None,
         upstream: Upstream | None = None,
+        on_approval: Approver | None = None,
     ) -> None:
         if vault is None and base_url is None and (api_key is not None or settings is None):
             base_url = os.environ.get("ALTER_BASE_URL") or None
@@ -62,6 +66,7 @@ class App:
         self.vault: Vault = vault or LocalVault(settings)
         self.upstream = upstream or Upstream()
         self._user_token_getter = user_token_getter
+        self.on_approval = on_approval  # asked when a policy rule needs a human (ALTER_POLICY_FILE)
 
     @property
     def providers(self) -> Providers:
@@ -120,6 +125,8 @@ class App:
         extra_headers: Mapping[str, str] | None = None,
         body: bytes | str | None = None,
         reason: str | None = None,
+        on_approval: Approver | None = None,
+        scope: str = DEFAULT_SCOPE,
     ) -> ApiResponse:
         """Call `url` with the credential of the grant the session resolves to.
 
@@ -127,7 +134,10 @@ class App:
         `query_params`, `extra_headers` and `body` are the official client's names for `query`,
         `headers` and `content`; `reason` is written to the audit log. Raises `AmbiguousGrantError`
         (see `.accounts`), `NotConnectedError`, `HostNotAllowedError`, ...; an upstream 4xx/5xx is
-        returned, not raised (call `raise_for_status()` for that).
+        returned, not raised (call `raise_for_status()` for that) — except a missing permission, which
+        raises `InsufficientScopeError` (connect again with its `required_scopes` to upgrade the grant).
+        A policy rule that needs a human asks `on_approval` (or the App's); `PolicyDeniedError` and
+        `ApprovalRequiredError` mean nothing was sent.
         """
         query = _one_of("query", query, "query_params", query_params)
         headers = _one_of("headers", headers, "extra_headers", extra_headers)
@@ -143,9 +153,9 @@ class App:
             refuse_caller_parts(self.providers.get(provider).inject.to_injection(), headers, query, url)
         credential = await self.vault.release_for(
             url=url, method=method, provider=provider, user_token=token, account=account, label=label,
-            grant_id=grant_id,
+            grant_id=grant_id, approver=on_approval or self.on_approval, scope=scope,
         )
-        note = f"reason: {reason}" if reason else None
+        note = "; ".join(n for n in (credential.decision, f"reason: {reason}" if reason else None) if n) or None
         try:
             response, latency = await self.upstream.send(
                 credential, method, url, query=query, headers=headers, json=json, content=content
@@ -158,7 +168,18 @@ class App:
             raise
         await self.vault.record_call(credential.grant, method=method, url=url, status=response.status_code,
                                      latency_ms=latency, principal=credential.principal, error=note)
+        self._raise_for_scope(credential.grant, response)
         return response
+
+    def _raise_for_scope(self, grant: Grant, response: ApiResponse) -> None:
+        """A missing permission, as the provider signals it (RFC 6750 or its catalogue `scope_signals`)."""
+        if response.status_code < 400 and response.status_code != 200:
+            return
+        signals = self.vault.providers.get(grant.provider).scope_signals
+        found = detect(response.status_code, response.headers, response.content, signals)
+        if found is not None:
+            granted = found.granted if found.granted is not None else tuple(grant.scopes)
+            raise InsufficientScopeError(grant.provider, grant.account, found.status, granted, found.required)
 
     async def start_connect(
         self, provider: str, *, user_token: str | None = None, label: str | None = None,

@@ -44,7 +44,22 @@ class ApprovalRequest:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+# The human's answer; None when they could not be asked after all (the call then fails `approval_required`).
 Approver = Callable[[ApprovalRequest], Awaitable[ApprovalChoice | None]]
+
+
+_PASSTHROUGH: list[type[BaseException]] = []
+
+
+def pass_through(exc_type: type[BaseException]) -> None:
+    """Let an approver's control-flow exception (LangGraph's interrupt) travel up through the tools untouched
+    instead of becoming an `internal` error: the framework that raised it resumes the call later."""
+    if exc_type not in _PASSTHROUGH:
+        _PASSTHROUGH.append(exc_type)
+
+
+def is_pass_through(exc: BaseException) -> bool:
+    return isinstance(exc, tuple(_PASSTHROUGH))
 
 
 def seal_state(key: bytes, request: ApprovalRequest, extra: dict[str, str] | None = None,

@@ -12,6 +12,9 @@
      │    ├── GrantNotFoundError     grant_not_found
      │    └── ReauthRequiredError    reauth_required
      ├── HostNotAllowedError         host_not_allowed
+     ├── PolicyDeniedError           policy_denied (a policy rule, or the human, refused the call)
+     ├── ApprovalRequiredError       approval_required (a rule needs a human, and none can be asked)
+     ├── InsufficientScopeError      insufficient_scope (the provider wants more permission; sent)
      ├── UpstreamError
      │    ├── UpstreamTimeoutError   upstream_timeout
      │    └── UpstreamUnreachableError upstream_unreachable
@@ -230,6 +233,58 @@ class HostNotAllowedError(AlterError):
         )
 
 
+class PolicyDeniedError(AlterError):
+    """A policy rule (or the human asked to approve) refused the call before its credential was released."""
+
+    code = "policy_denied"
+    user_action = "none"
+    sent = False
+
+    def __init__(self, message: str, *, provider: str, rule: str | None, decided_by: str = "policy") -> None:
+        super().__init__(message, provider=provider, rule=rule, decided_by=decided_by)
+
+
+class ApprovalRequiredError(AlterError):
+    """A rule says a human must approve the call, and no one can be asked from here."""
+
+    code = "approval_required"
+    user_action = "approve"
+    sent = False
+
+    def __init__(self, provider: str, method: str, url: str, rule: str | None, account: str | None) -> None:
+        super().__init__(
+            f"{method} {url} needs the user's approval (rule {rule}) and this client cannot ask them. Nothing was "
+            "sent. Ask the user in the chat whether to allow it; they can allow it by approving it in a client "
+            "that supports approvals, or an operator can add an allow rule to the policy file (ALTER_POLICY_FILE).",
+            provider=provider, rule=rule, method=method, url=url, account=account,
+        )
+
+
+class InsufficientScopeError(AlterError):
+    """The provider answered that the grant lacks a permission the call needs (the call was sent)."""
+
+    code = "insufficient_scope"
+    user_action = "reauthorize"
+    sent = True
+
+    def __init__(self, provider: str, account: str, status: int, granted: Sequence[str] | None,
+                 required: Sequence[str] | None) -> None:
+        needs = f" It needs: {', '.join(required)}." if required else ""
+        super().__init__(
+            f"{provider} refused the call (HTTP {status}): the {account} grant lacks a permission.{needs} Call "
+            f"connect with provider={provider!r}, account={account!r} and scopes set to the needed scopes; the "
+            "user approves the added permission and the same grant is upgraded. Then call request again.",
+            provider=provider, account=account, status=status,
+            granted_scopes=list(granted) if granted is not None else None,
+            required_scopes=list(required) if required is not None else None,
+        )
+        self.provider = provider
+        self.account = account
+        self.status = status
+        self.granted_scopes = list(granted or [])
+        self.required_scopes = list(required or [])
+
+
 class UpstreamError(AlterError):
     retryable = True
     user_action = "retry_later"
@@ -269,6 +324,9 @@ ERROR_CODES: tuple[str, ...] = (
     "grant_not_found",
     "reauth_required",
     "host_not_allowed",
+    "policy_denied",
+    "approval_required",
+    "insufficient_scope",
     "unknown_provider",
     "provider_not_configured",
     "invalid_arguments",

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 from pydantic_core import to_json
 
 from alter_agents.app import App
+from alter_agents.approval import CHOICES, ApprovalChoice, ApprovalRequest, Approver, pass_through
 from alter_agents.errors import InvalidArgumentsError
 from alter_agents.grant_tools import GrantTool
 from alter_agents.models import ToolErrorPayload
@@ -41,7 +42,7 @@ from alter_agents.tools import (
     internal_payload,
 )
 
-__all__ = ["AlterToolkit", "user_config"]
+__all__ = ["AlterToolkit", "interrupt_approver", "user_config"]
 
 USER_TOKEN_KEY = "user_token"
 
@@ -49,6 +50,35 @@ USER_TOKEN_KEY = "user_token"
 def user_config(user_token: str, **configurable: Any) -> RunnableConfig:
     """The run config that makes a tool call act for the user whose JWT this is."""
     return {"configurable": {USER_TOKEN_KEY: user_token, **configurable}}
+
+
+async def interrupt_approver(request: ApprovalRequest) -> ApprovalChoice | None:
+    """Ask through LangGraph's `interrupt`: the run pauses with the question as its interrupt value, and
+    `Command(resume=...)` answers it — `"allow_once"`, `"allow_session"` or `"deny"` (True/False work too).
+    Nothing is sent before the answer: on resume the tool call runs again and finds it."""
+    from langgraph.types import interrupt
+
+    answer = interrupt({
+        "type": "alter_approval", "prompt": request.prompt, "provider": request.provider,
+        "account": request.account, "method": request.method, "url": request.url, "rule": request.rule,
+        "choices": list(CHOICES),
+    })
+    if answer is True:
+        return "allow_once"
+    if isinstance(answer, dict):
+        answer = answer.get("decision")
+    return answer if answer in CHOICES else "deny"
+
+
+def _register_interrupts() -> None:
+    try:
+        from langgraph.errors import GraphBubbleUp
+    except ImportError:  # LangGraph is optional: plain LangChain agents use a callback approver
+        return
+    pass_through(GraphBubbleUp)
+
+
+_register_interrupts()
 
 
 class _ToolFailed(ToolException):
@@ -100,6 +130,8 @@ class AlterToolkit(BaseToolkit):
     `max_body_bytes`, `remember_account`; `extra_tools` adds `@grant_tool` functions, scoped alike.
     Without `on_connect_url` (a hook that shows the link to the human) `connect` answers `pending` with
     the link at once, for the model to pass on; with one it waits up to `connect_wait` for the user.
+    `approve` answers calls a policy rule puts to a human: any async callback, or `interrupt_approver`
+    to pause a LangGraph run (human in the loop) until it is resumed with the decision.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -120,9 +152,10 @@ class AlterToolkit(BaseToolkit):
         remember_account: bool = True,
         progress: Progress | None = None,
         extra_tools: Sequence[GrantTool] = (),
+        approve: Approver | None = None,
     ) -> None:
         options: dict[str, Any] = {"choose_account": choose_account, "on_connect_url": on_connect_url,
-                                   "remember_account": remember_account}
+                                   "remember_account": remember_account, "approve": approve}
         if connect_wait is not None:
             options["connect_wait"] = connect_wait
         if max_body_bytes is not None:

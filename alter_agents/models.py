@@ -115,6 +115,7 @@ class ReleasedCredential:
     hosts: tuple[str, ...]
     allow_http: bool
     principal: str | None = None
+    decision: str | None = None  # what the policy gate decided, for the audit row (None: plain allow)
 
     def __post_init__(self) -> None:
         redact.register(self.token)  # from release on, no message or log record may carry it

@@ -16,6 +16,7 @@ from sqlalchemy.exc import ArgumentError
 from alter_agents.errors import ConfigurationError
 
 ConnectMethodSetting = Literal["auto", "browser", "device"]
+ReadOnlySetting = Literal["approve", "deny"]
 _SQLITE = "sqlite+aiosqlite"
 _POSTGRES = "postgresql+asyncpg"
 _ASYNC_DRIVERS = {"sqlite": _SQLITE, "postgresql": _POSTGRES}
@@ -67,9 +68,13 @@ class Settings:
     public_url: str | None = None
     data_dir: Path | None = None
     connect_method: ConnectMethodSetting = "auto"
+    policy_file: str | None = None
+    read_only: ReadOnlySetting | None = None  # every write needs approval ("approve") or is refused ("deny")
 
     def __post_init__(self) -> None:
         check_vault_url(self.vault_url)
+        if self.read_only not in (None, "approve", "deny"):
+            raise ConfigurationError(f"ALTER_READ_ONLY must be approve or deny, not {self.read_only!r}.")
         if self.connect_method not in ("auto", "browser", "device"):
             raise ConfigurationError(
                 f"ALTER_CONNECT_METHOD must be auto, browser or device, not {self.connect_method!r}."
@@ -108,6 +113,8 @@ class Settings:
             public_url=(env.get("ALTER_PUBLIC_URL") or "").rstrip("/") or None,
             data_dir=data_dir,
             connect_method=(env.get("ALTER_CONNECT_METHOD") or "auto").strip().lower(),  # type: ignore[arg-type]
+            policy_file=env.get("ALTER_POLICY_FILE") or None,
+            read_only=(env.get("ALTER_READ_ONLY") or "").strip().lower() or None,  # type: ignore[arg-type]
         )
 
     def resolved_key_file(self) -> Path:

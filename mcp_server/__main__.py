@@ -101,13 +101,16 @@ def http_session(settings: Settings, grant_id: str | None) -> Session:
 @click.option("--vault-url", envvar="ALTER_BASE_URL",
               help="Use a vault server (`alter-agents vault serve`) instead of the embedded vault.")
 @click.option("--api-key", envvar="ALTER_API_KEY", help="The vault server's API key (prefer the env variable).")
+@click.option("--read-only", type=click.Choice(["deny", "approve"]), is_flag=False, flag_value="deny", default=None,
+              help="Every call but GET/HEAD/OPTIONS is refused (--read-only, or =deny) or needs the human's "
+                   "approval (--read-only=approve). Same as ALTER_READ_ONLY.")
 @click.option("--tools", "tool_specs", multiple=True, envvar="ALTER_MCP_TOOLS",
               help="Also serve @grant_tool functions: module:attr or path/to/file.py:attr (a tool or a list).")
 @click.pass_context
 def main(ctx: click.Context, transport: str, host: str, port: int, allow_remote: bool,
          user_token_file: Path | None, grant_id: str | None, allowed_hosts: tuple[str, ...],
          sessions_per_user: int, replica_id: str | None, connect_wait: float, vault_url: str | None,
-         api_key: str | None, tool_specs: tuple[str, ...]) -> None:
+         api_key: str | None, read_only: str | None, tool_specs: tuple[str, ...]) -> None:
     """Serve the `request` and `connect` tools over MCP.
 
     With no configuration it serves this machine's vault for its single user over stdio. Over HTTP,
@@ -116,6 +119,11 @@ def main(ctx: click.Context, transport: str, host: str, port: int, allow_remote:
     """
     quiet_libraries()
     settings = Settings.from_env()
+    if read_only:
+        if vault_url:
+            raise _Refused("--read-only applies to the embedded vault; with --vault-url the vault server's "
+                           "policy decides (ALTER_POLICY_FILE / ALTER_READ_ONLY where it runs).")
+        settings = replace(settings, read_only=read_only)  # type: ignore[arg-type]
     _check_options(ctx, transport, host, allow_remote, user_token_file, grant_id, settings)
     if replica_id is not None and not REPLICA_ID.fullmatch(replica_id):
         raise _Refused(f"--replica-id {replica_id!r}: use 1 to 32 letters, digits, '-' or '_'.")

@@ -37,6 +37,7 @@ from alter_agents.tools import (
     ConnectResultOut,
     RequestResult,
 )
+from mcp_server.approve import Approvals
 from mcp_server.auth import request_jwt
 from mcp_server.client_log import enable_client_logging
 from mcp_server.elicit import ClientReach
@@ -87,7 +88,7 @@ def build_server(
     2026-07-28 retry that another replica issued; without them each process uses its own key.
     `extra_tools` adds `@grant_tool` functions, scoped like `request`.
     """
-    surface = _Surface(app, session, connect_wait)
+    surface = _Surface(app, session, connect_wait, state_keys)
     tools = [
         _tool("request", surface.tools.request_description, REQUEST_ANNOTATIONS,
               surface.tools.request_args_model, RequestResult, surface.request),
@@ -116,8 +117,9 @@ def build_server(
 class _Surface:
     """Per-call glue: the caller's token, the client's ways to reach the human, progress."""
 
-    def __init__(self, app: App, session: Session, connect_wait: float) -> None:
+    def __init__(self, app: App, session: Session, connect_wait: float, state_keys: Sequence[str] = ()) -> None:
         self.tools = AlterTools(app, session, connect_wait=connect_wait)
+        self.approvals = Approvals(state_keys)
 
     async def request(self, arguments: dict[str, Any], ctx: Context[Any, Any]) -> ToolReturn:
         return await self._scoped(self.tools.run_request, not self.tools.pinned, arguments, ctx)
@@ -138,13 +140,20 @@ class _Surface:
         chosen = reach.answered_account()
         if chosen and takes_account:
             arguments = {**arguments, "account": chosen}
-        call = CallContext(user_token=request_jwt(), choose_account=reach.choose_account, progress=_progress(ctx))
+        token = request_jwt()
+        call = CallContext(user_token=token, choose_account=reach.choose_account, progress=_progress(ctx),
+                           approve=self.approvals.approver(reach))
         result = await run(arguments, call)
         if (isinstance(result, ToolErrorPayload) and result.error.code == "ambiguous_grant" and result.error.accounts
                 and takes_account):
             question = reach.ask_account(result.error.provider or "", result.error.accounts)
             if question is not None:
                 return question
+        if isinstance(result, ToolErrorPayload) and result.error.code == "approval_required":
+            principal = await self.tools.app.vault.principal(token, headless=not token)
+            approval = self.approvals.question(reach, result.error, principal)
+            if approval is not None:
+                return approval
         return render(result)
 
     async def accounts(self, arguments: dict[str, Any], ctx: Context[Any, Any]) -> ToolReturn:

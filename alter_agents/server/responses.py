@@ -21,7 +21,7 @@ _STATUS = {
     "ambiguous_grant": 409, "not_connected": 404, "grant_not_found": 404, "reauth_required": 403,
     "host_not_allowed": 422, "unknown_provider": 400, "invalid_arguments": 400, "unauthenticated": 401,
     "upstream_timeout": 504, "upstream_unreachable": 503, "connect_timeout": 408, "connect_denied": 400,
-    "rate_limited": 429,
+    "rate_limited": 429, "policy_denied": 403, "approval_required": 403, "insufficient_scope": 403,
 }
 # The official client keys its typed errors on these codes (403 → credential revoked, and so on).
 _WIRE_CODE = {"reauth_required": "credential_revoked", "host_not_allowed": "blocked_destination",

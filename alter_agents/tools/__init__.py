@@ -6,6 +6,7 @@ Every failure becomes one `ToolErrorPayload` with a stable `code`; nothing here 
 from __future__ import annotations
 
 from alter_agents.app import App
+from alter_agents.approval import Approver
 from alter_agents.sessions import Session
 from alter_agents.tools.accounts import ACCOUNTS_DESCRIPTION, AccountsArgs, AccountsResult, AccountsTool
 from alter_agents.tools.args import (
@@ -69,10 +70,12 @@ class AlterTools(RequestTool, ConnectTool, AccountsTool):
         connect_wait: float = DEFAULT_CONNECT_WAIT,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         remember_account: bool = True,
+        approve: Approver | None = None,
     ) -> None:
         self.app = app
         self.session = session
-        self.defaults = CallContext(choose_account=choose_account, on_connect_url=on_connect_url or _log_connect_url)
+        self.defaults = CallContext(choose_account=choose_account, on_connect_url=on_connect_url or _log_connect_url,
+                                    approve=approve)
         self.connect_wait = connect_wait
         self.max_body_bytes = max_body_bytes
         self.remember_account = remember_account

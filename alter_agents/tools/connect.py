@@ -40,6 +40,7 @@ class _Flow(BaseModel):
     start: ConnectStart
     label: str | None = None
     account: str | None = None
+    scopes: list[str] | None = None
 
 
 class ConnectTool(ToolsBase):
@@ -74,12 +75,13 @@ class ConnectTool(ToolsBase):
             if outcome is not None:
                 return outcome
         login_hint = await self._login_hint(spec.name, parsed.account, token)
+        scopes = await self._step_up_scopes(spec.name, parsed, token)
         settings = self.app.vault.settings
         method = choose_method(settings.connect_method, spec, public_callback=bool(settings.public_url))
-        start = await self.app.start_connect(spec.name, user_token=token, label=parsed.label, scopes=parsed.scopes,
+        start = await self.app.start_connect(spec.name, user_token=token, label=parsed.label, scopes=scopes,
                                              headless=isinstance(self.session, HeadlessSession | LocalSession),
                                              login_hint=login_hint, method=method)
-        ours = _Flow(start=start, label=parsed.label, account=parsed.account)
+        ours = _Flow(start=start, label=parsed.label, account=parsed.account, scopes=parsed.scopes)
         stored = await memory.remember(key, ours.model_dump_json(), _seconds_until(start.expires_at),
                                        keep_existing=flow is None)
         flow = _Flow.model_validate_json(stored)
@@ -161,6 +163,23 @@ class ConnectTool(ToolsBase):
                     "account, call connect with a new label.",
         )
 
+    async def _step_up_scopes(self, provider: str, parsed: ConnectArgs, token: str | None) -> list[str] | None:
+        """Scopes asked for an account already connected: the union of what it has and what is asked, so
+        upgrading a grant (after `insufficient_scope`) never drops a permission it had (MCP step-up rule)."""
+        if not parsed.scopes or isinstance(self.session, HeadlessSession):
+            return parsed.scopes
+        try:
+            grants = await self.app.vault.list_grants(user_token=token, provider=provider)
+        except AlterError:
+            return parsed.scopes
+        wanted = (parsed.account or "").strip().casefold()
+        matching = [g for g in grants if wanted in (g.account.casefold(), (g.label or "").casefold())] if wanted \
+            else (grants if len(grants) == 1 and parsed.label is None else [])
+        if len(matching) != 1:
+            return parsed.scopes
+        had = list(matching[0].scopes)
+        return had + [scope for scope in parsed.scopes if scope not in had]
+
     async def _login_hint(self, provider: str, account: str | None, token: str | None) -> str | None:
         """The account identifier `account` names among the caller's grants (identifier or label), else itself."""
         if not account or isinstance(self.session, HeadlessSession):
@@ -180,6 +199,8 @@ def _same_request(flow: _Flow, parsed: ConnectArgs) -> bool:
     """A call without label/account (or with the flow's own) is about the flow already under way."""
     if parsed.label is not None and parsed.label != flow.label:
         return False
+    if parsed.scopes is not None and set(parsed.scopes) != set(flow.scopes or ()):
+        return False  # asking for other permissions (a step-up) starts a new flow
     return parsed.account is None or flow.account is None or parsed.account.casefold() == flow.account.casefold()
 
 

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from alter_agents.app import App
+from alter_agents.approval import Approver
 from alter_agents.models import AccountRef, ConnectStart
 from alter_agents.sessions import GrantSession, HeadlessSession, LocalSession, Session, UserSession
 from alter_agents.vault.memory import MemoryKey, MemoryKind
@@ -28,6 +29,7 @@ class CallContext:
     on_connect_url: OnConnectUrl | None = None
     progress: Progress | None = None
     link_shown: bool = False  # the human already has the connect link (e.g. URL elicitation accepted)
+    approve: Approver | None = None  # asks the human when a policy rule needs approval
 
 
 async def _log_connect_url(start: ConnectStart) -> bool:
@@ -58,6 +60,7 @@ class ToolsBase:
             call,
             choose_account=call.choose_account or self.defaults.choose_account,
             on_connect_url=call.on_connect_url or self.defaults.on_connect_url,
+            approve=call.approve or self.defaults.approve,
         )
 
     async def _user_token(self, call: CallContext) -> str | None:

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
+from alter_agents.approval import is_pass_through
 from alter_agents.errors import AlterError, AmbiguousGrantError, NotConnectedError
 from alter_agents.models import AccountRef, ApiResponse, ToolErrorPayload
 from alter_agents.redact import cut, redact_headers, redact_text, redact_value
@@ -87,7 +88,7 @@ class RequestTool(ToolsBase):
             provider = provider or self.app.infer_provider(parsed.url)
         note, chosen_here = None, account is not None
         try:
-            response = await self._send(parsed, provider, account, grant_id, token)
+            response = await self._send(parsed, provider, account, grant_id, token, ctx)
         except AmbiguousGrantError as exc:
             response, account, note, chosen_here = await self._disambiguate(exc, parsed, provider, token, ctx)
         if account and chosen_here and grant_id is None and self.remember_account and provider:
@@ -111,7 +112,7 @@ class RequestTool(ToolsBase):
                 note = f"Used {remembered}, the {provider} account chosen earlier in this session; pass account " \
                        "to change."
                 try:
-                    return await self._send(parsed, provider, remembered, None, token), remembered, note, False
+                    return await self._send(parsed, provider, remembered, None, token, ctx), remembered, note, False
                 except NotConnectedError:
                     pass  # the remembered account is gone: ask afresh
             if remembered:
@@ -119,7 +120,7 @@ class RequestTool(ToolsBase):
         chosen = await ctx.choose_account(exc.provider, exc.accounts) if ctx.choose_account else None
         if not chosen or not any(_names(ref, chosen) for ref in exc.accounts):
             raise exc
-        response = await self._send(parsed, provider, chosen, None, token)
+        response = await self._send(parsed, provider, chosen, None, token, ctx)
         return response, chosen, f"Used {chosen}, chosen by the user.", True
 
     def _pinned_provider(self, url: str) -> str:
@@ -129,7 +130,7 @@ class RequestTool(ToolsBase):
         return claimants[0] if len(claimants) == 1 else self.app.infer_provider(url)
 
     async def _send(self, args: GrantRequestArgs, provider: str | None, account: str | None,
-                    grant_id: str | None, token: str | None) -> ApiResponse:
+                    grant_id: str | None, token: str | None, ctx: CallContext) -> ApiResponse:
         content = args.body.encode() if args.body is not None else None
         headers = args.headers
         if content is not None and not any(name.lower() == "content-type" for name in headers or {}):
@@ -137,6 +138,7 @@ class RequestTool(ToolsBase):
         return await self.app.request(
             args.method, args.url, provider=None if grant_id else provider, grant_id=grant_id, account=account,
             user_token=token, query=args.query, headers=headers, json=args.json_body, content=content,
+            on_approval=ctx.approve, scope=self.session.scope,
         )
 
     def _shape(self, response: ApiResponse, note: str | None) -> RequestResult:
@@ -158,6 +160,8 @@ async def _with_sent(work: Awaitable[_T]) -> _T:
             exc.sent = False  # raised before the credential left the vault: nothing was sent
         raise
     except Exception as exc:  # a fault of ours: we cannot tell whether the call went out, so say it may have
+        if is_pass_through(exc):
+            raise
         log.exception("request failed")
         fault = AlterError(f"Internal error ({type(exc).__name__}); the request may have been sent, so check "
                            "before repeating a write.", retryable=False, user_action="none")

@@ -9,6 +9,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
+from alter_agents.approval import is_pass_through
 from alter_agents.errors import AlterError
 from alter_agents.models import GrantRef, ToolErrorBody, ToolErrorPayload
 
@@ -54,5 +55,7 @@ async def shielded(work: Awaitable[_R]) -> _R | ToolErrorPayload:
     except AlterError as exc:
         return exc.payload()
     except Exception as exc:  # a bug must still reach the model as a typed error, never a traceback
+        if is_pass_through(exc):
+            raise
         log.exception("tool failed")
         return internal_payload(type(exc).__name__)

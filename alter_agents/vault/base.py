@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from alter_agents.approval import Approver
 from alter_agents.models import ConnectMethod, ConnectStart, ConnectStatus, Grant, ReleasedCredential
 from alter_agents.providers import Providers
+from alter_agents.sessions import DEFAULT_SCOPE
 from alter_agents.settings import Settings
 from alter_agents.vault.connect import ProgressCallback
 from alter_agents.vault.memory import Memory
@@ -35,6 +37,8 @@ class Vault(Protocol):
         account: str | None = None,
         label: str | None = None,
         grant_id: str | None = None,
+        approver: Approver | None = None,
+        scope: str = DEFAULT_SCOPE,
     ) -> ReleasedCredential: ...
 
     async def record_call(

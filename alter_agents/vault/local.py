@@ -7,10 +7,12 @@ import functools
 import json
 import time
 import uuid
+from dataclasses import replace
 
 import anyio
 import httpx
 
+from alter_agents.approval import Approver
 from alter_agents.errors import (
     AlterError,
     GrantNotFoundError,
@@ -28,8 +30,10 @@ from alter_agents.models import (
     Principal,
     ReleasedCredential,
 )
+from alter_agents.policy import Policy
 from alter_agents.providers import Providers, ProviderSpec
 from alter_agents.providers.binding import check_destination
+from alter_agents.sessions import DEFAULT_SCOPE
 from alter_agents.settings import Settings
 from alter_agents.vault import oauth
 from alter_agents.vault.audit import AuditWriter
@@ -37,6 +41,7 @@ from alter_agents.vault.cache import GrantCache
 from alter_agents.vault.connect import ConnectFlows, ProgressCallback
 from alter_agents.vault.crypto import Cipher, load_or_create_key
 from alter_agents.vault.device_flows import DeviceFlows
+from alter_agents.vault.gate import PolicyGate
 from alter_agents.vault.identity import Identity, JWTVerifier
 from alter_agents.vault.memory import StoreMemory
 from alter_agents.vault.resolve import choose, owned_by
@@ -71,6 +76,9 @@ class LocalVault:
         self._refreshed: dict[str, tuple[bytes, float, dict[str, str | None]]] = {}
         self.connects = ConnectFlows(self.store, self._cipher, self.providers, self._http, self.settings.public_url)
         self.memory = StoreMemory(self.store, self.open)
+        policy = Policy.load(self.settings.policy_file, known_providers=self.providers.names(),
+                             server_read_only=self.settings.read_only)
+        self.gate = PolicyGate(policy, self.memory, self.audit_log)
         self.devices = DeviceFlows(self.store, self.providers, self._http, self.connects)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -179,14 +187,27 @@ class LocalVault:
         account: str | None = None,
         label: str | None = None,
         grant_id: str | None = None,
+        approver: Approver | None = None,
+        scope: str = DEFAULT_SCOPE,
     ) -> ReleasedCredential:
-        """Resolve the grant for a call to `url` and release its credential (one step, as `/sdk/token`)."""
+        """Resolve the grant for a call to `url`, run the policy gate, and release its credential (one step,
+        as `/sdk/token`). A rule that needs approval asks `approver`; without one it raises
+        `ApprovalRequiredError`, and nothing is released."""
         await self.open()
         identity = None if grant_id and not user_token else await self.identify(user_token)
         stored = await self.resolve(provider=provider, identity=identity, account=account, label=label,
                                     grant_id=grant_id)
         principal = f"user:{identity.sub}" if identity else None
-        return await self.release(stored, url, principal=principal)
+        spec = self.providers.get(stored.grant.provider)
+        check_destination(url, spec.name, spec.hosts, spec.allow_http)
+        decision = None
+        if not self.gate.policy.empty:
+            decision = await self.gate.check(
+                stored.grant, principals=identity.owners() if identity else [stored.grant.owner],
+                principal=principal or stored.grant.owner, method=method, url=url, approver=approver, scope=scope,
+            )
+        released = await self.release(stored, url, principal=principal)
+        return replace(released, decision=decision) if decision else released
 
     async def release(self, stored: StoredGrant, url: str, *, principal: str | None = None) -> ReleasedCredential:
         """Check the destination, refresh if due, and hand out the credential for one call."""

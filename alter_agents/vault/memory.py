@@ -20,7 +20,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from alter_agents.vault.schema import session_memory
 from alter_agents.vault.store import Store
 
-MemoryKind = Literal["connect", "account"]
+MemoryKind = Literal["connect", "account", "approval"]
 _MAX_ENTRIES = 10_000
 
 

@@ -20,6 +20,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from alter_agents import errors
+from alter_agents.approval import Approver
 from alter_agents.errors import (
     AlterError,
     AmbiguousGrantError,
@@ -51,6 +52,7 @@ from alter_agents.server.wire import (
     TokenResponse,
     WireInjection,
 )
+from alter_agents.sessions import DEFAULT_SCOPE
 from alter_agents.settings import Settings
 from alter_agents.vault.connect import ProgressCallback, wait_for_connect
 from alter_agents.vault.memory import ProcessMemory
@@ -138,8 +140,14 @@ class RemoteVault:
         account: str | None = None,
         label: str | None = None,
         grant_id: str | None = None,
+        approver: Approver | None = None,
+        scope: str = DEFAULT_SCOPE,
     ) -> ReleasedCredential:
-        """The credential for one call; the same call target within `credential_ttl` reuses the last one."""
+        """The credential for one call; the same call target within `credential_ttl` reuses the last one.
+
+        The vault server runs the policy gate; a rule that needs approval answers `approval_required`
+        (a human cannot be asked across the wire protocol), whatever `approver` is given here.
+        """
         target = (method.upper(), url, provider, user_token, account, label, grant_id)
         cached = self._released.get(target)
         if cached is not None and cached[0] > time.monotonic():
