@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -195,6 +196,43 @@ async def _host_not_allowed(s: Story) -> Any:
     outcome = await AlterTools(s.app, UserSession(alice)).run_request({"url": local_host, "provider": "google"})
     bound = f"127.0.0.1:{s.d.upstream.port}"  # the test provider's host entry names its port
     return outcome, lambda e: e["allowed_hosts"] == [bound] and e["provider"] == "google"
+
+
+def _policy_app(s: Story, text: str) -> App:
+    path = Path(s.d.settings.providers_file or "").with_name("policy-story.toml")
+    path.write_text(text, "utf-8")
+    return App(settings=dataclasses.replace(s.d.settings, policy_file=str(path)))
+
+
+@story("policy_denied")
+async def _policy_denied(s: Story) -> Any:
+    alice = s.alice()
+    async with _policy_app(s, '[[policy]]\nprovider = "google"\nmethods = ["DELETE"]\neffect = "deny"\n'
+                              'name = "no-deletes"\n') as app:
+        await connect_as(app, s.browser, "google", ALICE_PERSONAL, alice)
+        outcome = await AlterTools(app, UserSession(alice)).run_request(
+            {"url": s.echo, "provider": "google", "method": "DELETE"})
+    return outcome, lambda e: (e["rule"], e["sent"], e["decided_by"]) == ("no-deletes", False, "policy")
+
+
+@story("approval_required")
+async def _approval_required(s: Story) -> Any:
+    alice = s.alice()
+    async with _policy_app(s, '[providers.google]\nread_only = "approve"\n') as app:
+        await connect_as(app, s.browser, "google", ALICE_PERSONAL, alice)
+        outcome = await AlterTools(app, UserSession(alice)).run_request(
+            {"url": s.echo, "provider": "google", "method": "POST", "json": {}})
+    return outcome, lambda e: (e["user_action"], e["sent"], e["method"]) == ("approve", False, "POST")
+
+
+@story("insufficient_scope")
+async def _insufficient_scope(s: Story) -> Any:
+    alice = s.alice()
+    await connect_as(s.app, s.browser, "google", ALICE_PERSONAL, alice)
+    outcome = await AlterTools(s.app, UserSession(alice)).run_request(
+        {"url": f"{s.d.upstream.url}/scoped/admin", "provider": "google"})
+    return outcome, lambda e: (e["required_scopes"], e["granted_scopes"], e["sent"], e["user_action"]) == (
+        ["admin"], ["read"], True, "reauthorize")
 
 
 @story("unknown_provider")
