@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import anyio
 import httpx
 
+from alter_agents import metrics, telemetry
 from alter_agents.approval import Approver
 from alter_agents.errors import AlterError, ConfigurationError, InsufficientScopeError, InvalidArgumentsError
 from alter_agents.models import ApiResponse, ConnectMethod, ConnectResult, ConnectStart, Grant
@@ -21,6 +22,7 @@ from alter_agents.providers.binding import refuse_caller_parts
 from alter_agents.scopes import detect
 from alter_agents.sessions import DEFAULT_SCOPE
 from alter_agents.settings import Settings
+from alter_agents.telemetry import Correlation
 from alter_agents.upstream import Upstream
 from alter_agents.vault.base import Vault
 from alter_agents.vault.connect import ProgressCallback
@@ -127,6 +129,8 @@ class App:
         reason: str | None = None,
         on_approval: Approver | None = None,
         scope: str = DEFAULT_SCOPE,
+        traceparent: str | None = None,
+        correlation: Correlation | None = None,
     ) -> ApiResponse:
         """Call `url` with the credential of the grant the session resolves to.
 
@@ -137,7 +141,8 @@ class App:
         returned, not raised (call `raise_for_status()` for that) — except a missing permission, which
         raises `InsufficientScopeError` (connect again with its `required_scopes` to upgrade the grant).
         A policy rule that needs a human asks `on_approval` (or the App's); `PolicyDeniedError` and
-        `ApprovalRequiredError` mean nothing was sent.
+        `ApprovalRequiredError` mean nothing was sent. `traceparent` (W3C) makes the call's spans children
+        of the caller's trace and puts its trace id on the audit row; surfaces pass a `correlation`.
         """
         query = _one_of("query", query, "query_params", query_params)
         headers = _one_of("headers", headers, "extra_headers", extra_headers)
@@ -146,30 +151,66 @@ class App:
         content = content if content is not None else body
         if json is not None and content is not None:
             raise InvalidArgumentsError("Pass either json or a body, not both.")
+        correlation = (correlation or Correlation(surface="app")).with_(traceparent=traceparent)
+        with telemetry.span("alter.request", correlation, method=method.upper(), host=_host(url),
+                            provider=provider, surface=correlation.surface, tool=correlation.tool) as current:
+            try:
+                return await self._request(
+                    method, url, provider=provider, grant_id=grant_id, account=account, label=label,
+                    user_token=user_token, query=query, headers=headers, json=json, content=content,
+                    reason=reason, approver=on_approval or self.on_approval, scope=scope, correlation=correlation,
+                    current=current,
+                )
+            except AlterError as exc:
+                metrics.count_call(exc.data.get("provider") or provider, exc.code)
+                telemetry.set_attributes(current, outcome=exc.code)
+                raise
+
+    async def _request(
+        self, method: str, url: str, *, provider: str | None, grant_id: str | None, account: str | None,
+        label: str | None, user_token: str | None, query: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None, json: Any, content: bytes | str | None, reason: str | None,
+        approver: Approver | None, scope: str, correlation: Correlation, current: Any,
+    ) -> ApiResponse:
         token = await self.user_token(user_token)
         if not provider and not grant_id:
             provider = self.infer_provider(url)
         if provider:  # refused before anything is released; `Upstream.send` checks again for grant ids
             refuse_caller_parts(self.providers.get(provider).inject.to_injection(), headers, query, url)
-        credential = await self.vault.release_for(
-            url=url, method=method, provider=provider, user_token=token, account=account, label=label,
-            grant_id=grant_id, approver=on_approval or self.on_approval, scope=scope,
-        )
+        with telemetry.span("alter.resolve", provider=provider, grant_id=grant_id):
+            credential = await self.vault.release_for(
+                url=url, method=method, provider=provider, user_token=token, account=account, label=label,
+                grant_id=grant_id, approver=approver, scope=scope,
+            )
+        grant = credential.grant
+        telemetry.set_attributes(current, provider=grant.provider, account=grant.account, grant_id=grant.grant_id)
         note = "; ".join(n for n in (credential.decision, f"reason: {reason}" if reason else None) if n) or None
         try:
-            response, latency = await self.upstream.send(
-                credential, method, url, query=query, headers=headers, json=json, content=content
-            )
+            with telemetry.span("alter.upstream", method=method.upper(), host=_host(url),
+                                provider=grant.provider) as upstream:
+                response, latency = await self.upstream.send(
+                    credential, method, url, query=query, headers=headers, json=json, content=content,
+                    extra_headers=telemetry.outgoing_trace_headers() if self._propagates(grant.provider) else None,
+                )
+                telemetry.set_attributes(upstream, status=response.status_code)
         except BaseException as exc:  # a released credential is audited whatever happened to the call
             code = exc.code if isinstance(exc, AlterError) else "internal"
             with anyio.CancelScope(shield=True):
-                await self.vault.record_call(credential.grant, method=method, url=url, status=None,
-                                             latency_ms=None, principal=credential.principal, error=code)
+                await self.vault.record_call(grant, method=method, url=url, status=None, latency_ms=None,
+                                             principal=credential.principal, error=code, correlation=correlation)
             raise
-        await self.vault.record_call(credential.grant, method=method, url=url, status=response.status_code,
-                                     latency_ms=latency, principal=credential.principal, error=note)
-        self._raise_for_scope(credential.grant, response)
+        await self.vault.record_call(grant, method=method, url=url, status=response.status_code,
+                                     latency_ms=latency, principal=credential.principal, error=note,
+                                     correlation=correlation)
+        telemetry.set_attributes(current, status=response.status_code)
+        metrics.LATENCY.labels(grant.provider).observe(latency / 1000)
+        self._raise_for_scope(grant, response)
+        metrics.count_call(grant.provider, "ok")
         return response
+
+    def _propagates(self, provider: str) -> bool:
+        """W3C trace context goes to a provider only where its spec opts in (`propagate_trace = true`)."""
+        return self.providers.get(provider).propagate_trace
 
     def _raise_for_scope(self, grant: Grant, response: ApiResponse) -> None:
         """A missing permission, as the provider signals it (RFC 6750 or its catalogue `scope_signals`)."""
@@ -243,3 +284,11 @@ async def _announce(start: ConnectStart, open_browser: bool, on_url: UrlCallback
     opened = open_browser and await anyio.to_thread.run_sync(webbrowser.open, start.connect_url)
     if not opened:
         print(f"Open this URL to connect {start.provider}:\n  {start.connect_url}", file=sys.stderr, flush=True)
+
+
+def _host(url: str) -> str:
+    """The URL's host for span attributes (never its query string, where a credential may ride)."""
+    try:
+        return str(httpx.URL(url).host)
+    except (httpx.InvalidURL, TypeError):
+        return ""

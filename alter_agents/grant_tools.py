@@ -20,7 +20,7 @@ import importlib.util
 import inspect
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -29,6 +29,7 @@ from pydantic.errors import PydanticSchemaGenerationError
 
 from alter_agents.errors import AmbiguousGrantError, InvalidArgumentsError, NotConnectedError
 from alter_agents.models import ApiResponse, ToolErrorPayload
+from alter_agents.telemetry import Correlation
 from alter_agents.tools import AlterTools, CallContext, shielded, validate_args
 
 __all__ = ["GrantContext", "GrantTool", "grant_tool", "load_grant_tools"]
@@ -119,7 +120,9 @@ class GrantTool:
         parsed = validate_args(self.schema_model(tools), dict(args) if isinstance(args, Mapping) else args)
         values = parsed.model_dump(by_alias=False)
         account = values.pop("account", None)
-        ctx = GrantContext(tools, self.provider, account, call, label=self.label)
+        base = call or CallContext()
+        named = replace(base, correlation=(base.correlation or Correlation(surface="tools")).with_(tool=self.name))
+        ctx = GrantContext(tools, self.provider, account, named, label=self.label)
         try:
             return await self.func(ctx, **values)
         except (AmbiguousGrantError, NotConnectedError) as exc:

@@ -28,6 +28,7 @@ from alter_agents.errors import InvalidArgumentsError
 from alter_agents.grant_tools import GrantTool
 from alter_agents.models import ToolErrorPayload
 from alter_agents.sessions import GrantSession, Session, UserSession
+from alter_agents.telemetry import Correlation
 from alter_agents.tools import (
     ACCOUNTS_DESCRIPTION,
     CONNECT_DESCRIPTION,
@@ -174,16 +175,17 @@ class AlterToolkit(BaseToolkit):
         result.extend(self._grant_tool(extra) for extra in self._extra)
         return result
 
-    def _call(self, config: RunnableConfig | None) -> CallContext:
+    def _call(self, config: RunnableConfig | None, tool: str | None = None) -> CallContext:
         configurable = (config or {}).get("configurable") or {}
         token = configurable.get(USER_TOKEN_KEY)
-        return CallContext(user_token=token if isinstance(token, str) and token else None, progress=self._progress)
+        return CallContext(user_token=token if isinstance(token, str) and token else None, progress=self._progress,
+                           correlation=_correlation(config, tool))
 
     def _request_tool(self) -> BaseTool:
         tools = self.tools
 
         async def request(config: RunnableConfig, **arguments: Any) -> tuple[str, BaseModel]:
-            return _rendered(await tools.run_request(arguments, self._call(config)))
+            return _rendered(await tools.run_request(arguments, self._call(config, "request")))
 
         return _make_tool(request, "request", tools.request_description, tools.request_args_model)
 
@@ -191,7 +193,7 @@ class AlterToolkit(BaseToolkit):
         tools = self.tools
 
         async def connect(config: RunnableConfig, **arguments: Any) -> tuple[str, BaseModel]:
-            return _rendered(await tools.run_connect(arguments, self._call(config)))
+            return _rendered(await tools.run_connect(arguments, self._call(config, "connect")))
 
         return _make_tool(connect, "connect", CONNECT_DESCRIPTION, ConnectArgs)
 
@@ -199,7 +201,7 @@ class AlterToolkit(BaseToolkit):
         tools = self.tools
 
         async def accounts(config: RunnableConfig, **arguments: Any) -> tuple[str, BaseModel]:
-            return _rendered(await tools.run_accounts(arguments, self._call(config)))
+            return _rendered(await tools.run_accounts(arguments, self._call(config, "accounts")))
 
         return _make_tool(accounts, "accounts", ACCOUNTS_DESCRIPTION, AccountsArgs)
 
@@ -208,7 +210,7 @@ class AlterToolkit(BaseToolkit):
         tools = self.tools
 
         async def run(config: RunnableConfig, **arguments: Any) -> tuple[str, Any]:
-            outcome = await extra.run_shielded(tools, arguments, self._call(config))
+            outcome = await extra.run_shielded(tools, arguments, self._call(config, extra.name))
             if isinstance(outcome, ToolErrorPayload):
                 raise _ToolFailed(outcome)
             if isinstance(outcome, BaseModel):
@@ -216,6 +218,21 @@ class AlterToolkit(BaseToolkit):
             return to_json(outcome, fallback=str).decode(), outcome  # nested models and dates too
 
         return _make_tool(run, extra.name, extra.description, extra.schema_model(tools))
+
+
+def _correlation(config: RunnableConfig | None, tool: str | None) -> Correlation:
+    """LangChain's ids for the audit row: the run (the config's, else the tool run's own id from its callback
+    manager), the LangGraph thread, and a W3C `traceparent` passed in `configurable` or `metadata`."""
+    config = config or {}
+    configurable = config.get("configurable") or {}
+    metadata = config.get("metadata") or {}
+    run_id = config.get("run_id") or configurable.get("run_id") or metadata.get("run_id") \
+        or getattr(config.get("callbacks"), "parent_run_id", None)
+    thread_id = configurable.get("thread_id") or metadata.get("thread_id")
+    traceparent = configurable.get("traceparent") or metadata.get("traceparent")
+    return Correlation(surface="langchain", tool=tool, run_id=str(run_id) if run_id else None,
+                       thread_id=str(thread_id) if thread_id else None,
+                       traceparent=traceparent if isinstance(traceparent, str) else None)
 
 
 def _make_tool(coroutine: Any, name: str, description: str, schema: type[BaseModel]) -> BaseTool:

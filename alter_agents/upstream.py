@@ -72,13 +72,19 @@ class Upstream:
         headers: Mapping[str, str] | None = None,
         json: Any = None,
         content: bytes | str | None = None,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> tuple[ApiResponse, float]:
         """Send the call with the credential; returns the redacted response and latency in ms.
+
+        `extra_headers` come from us, not the caller (W3C trace context for providers that opt in), so
+        they are added after the caller's headers were checked.
 
         The deadline covers connecting, sending, every redirect and reading the whole body."""
         failure: AlterError
         try:
             refuse_caller_parts(credential.injection, headers, query, url)
+            if extra_headers:
+                headers = {**(headers or {}), **extra_headers}
             with anyio.fail_after(self.timeout):
                 return await self._exchange(credential, method, url, query, headers, json, content)
         except TimeoutError:

@@ -25,6 +25,7 @@ from alter_agents.app import App
 from alter_agents.grant_tools import GrantTool
 from alter_agents.models import ToolErrorPayload
 from alter_agents.sessions import Session
+from alter_agents.telemetry import Correlation, traceparent_from
 from alter_agents.tools import (
     ACCOUNTS_DESCRIPTION,
     CONNECT_DESCRIPTION,
@@ -142,7 +143,7 @@ class _Surface:
             arguments = {**arguments, "account": chosen}
         token = request_jwt()
         call = CallContext(user_token=token, choose_account=reach.choose_account, progress=_progress(ctx),
-                           approve=self.approvals.approver(reach))
+                           approve=self.approvals.approver(reach), correlation=_correlation(ctx))
         result = await run(arguments, call)
         if (isinstance(result, ToolErrorPayload) and result.error.code == "ambiguous_grant" and result.error.accounts
                 and takes_account):
@@ -209,6 +210,14 @@ def _grant_annotations(extra: GrantTool) -> ToolAnnotations:
 def _shown(token: str | None, ctx: Context[Any, Any]) -> CallContext:
     """A call whose human already has the connect link: it waits for them, reporting progress."""
     return CallContext(user_token=token, progress=_progress(ctx), link_shown=True)
+
+
+def _correlation(ctx: Context[Any, Any]) -> Correlation:
+    """The MCP session and request ids, and the W3C trace context a 2026-07-28 request carries in `_meta`."""
+    headers = ctx.headers or {}
+    meta = ctx.request_context.meta
+    return Correlation(surface="mcp", session_id=headers.get("mcp-session-id"), request_id=ctx.request_id,
+                       traceparent=traceparent_from(meta if isinstance(meta, dict) else None))
 
 
 def _progress(ctx: Context[Any, Any]) -> Callable[[float, float | None, str], Awaitable[None]]:

@@ -66,6 +66,7 @@ class ProviderSpec(BaseModel):
     token_auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_post"
     docs_url: str | None = None
     scope_signals: ScopeSignals | None = None  # how the provider says a token lacks a permission
+    propagate_trace: bool = False  # send W3C traceparent to this provider's API (off: it learns nothing of ours)
 
     @field_validator("hosts")
     @classmethod

@@ -10,6 +10,7 @@ from alter_agents.app import App
 from alter_agents.approval import Approver
 from alter_agents.models import AccountRef, ConnectStart
 from alter_agents.sessions import GrantSession, HeadlessSession, LocalSession, Session, UserSession
+from alter_agents.telemetry import Correlation
 from alter_agents.vault.memory import MemoryKey, MemoryKind
 
 log = logging.getLogger("alter_agents.tools")
@@ -30,6 +31,7 @@ class CallContext:
     progress: Progress | None = None
     link_shown: bool = False  # the human already has the connect link (e.g. URL elicitation accepted)
     approve: Approver | None = None  # asks the human when a policy rule needs approval
+    correlation: Correlation | None = None  # surface, run/session ids, trace context: for audit rows and spans
 
 
 async def _log_connect_url(start: ConnectStart) -> bool:
@@ -61,6 +63,7 @@ class ToolsBase:
             choose_account=call.choose_account or self.defaults.choose_account,
             on_connect_url=call.on_connect_url or self.defaults.on_connect_url,
             approve=call.approve or self.defaults.approve,
+            correlation=call.correlation or self.defaults.correlation,
         )
 
     async def _user_token(self, call: CallContext) -> str | None:

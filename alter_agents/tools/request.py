@@ -12,6 +12,7 @@ from alter_agents.errors import AlterError, AmbiguousGrantError, NotConnectedErr
 from alter_agents.models import AccountRef, ApiResponse, ToolErrorPayload
 from alter_agents.redact import cut, redact_headers, redact_text, redact_value
 from alter_agents.sessions import GrantSession, HeadlessSession
+from alter_agents.telemetry import Correlation
 from alter_agents.tools.args import GrantRequestArgs, RequestArgs, refuse_credential_headers, validate_args
 from alter_agents.tools.context import CallContext, ToolsBase
 from alter_agents.tools.results import RequestResult, shielded
@@ -139,6 +140,7 @@ class RequestTool(ToolsBase):
             args.method, args.url, provider=None if grant_id else provider, grant_id=grant_id, account=account,
             user_token=token, query=args.query, headers=headers, json=args.json_body, content=content,
             on_approval=ctx.approve, scope=self.session.scope,
+            correlation=(ctx.correlation or Correlation(surface="tools")).with_(tool=_tool_name(ctx)),
         )
 
     def _shape(self, response: ApiResponse, note: str | None) -> RequestResult:
@@ -194,3 +196,7 @@ def _names(ref: AccountRef, chosen: str) -> bool:
     wanted = chosen.strip().casefold()
     return ref.account.casefold() == wanted or (ref.label or "").casefold() == wanted
 
+
+def _tool_name(ctx: CallContext) -> str:
+    """The tool that made the call: `request`, unless a custom tool named itself in the correlation."""
+    return ctx.correlation.tool if ctx.correlation and ctx.correlation.tool else "request"

@@ -9,6 +9,7 @@ from alter_agents.models import ConnectMethod, ConnectStart, ConnectStatus, Gran
 from alter_agents.providers import Providers
 from alter_agents.sessions import DEFAULT_SCOPE
 from alter_agents.settings import Settings
+from alter_agents.telemetry import Correlation
 from alter_agents.vault.connect import ProgressCallback
 from alter_agents.vault.memory import Memory
 
@@ -44,6 +45,7 @@ class Vault(Protocol):
     async def record_call(
         self, grant: Grant, *, method: str, url: str, status: int | None, latency_ms: float | None,
         principal: str | None, error: str | None = None, action: str = "call",
+        correlation: Correlation | None = None,
     ) -> None: ...
 
     async def list_grants(

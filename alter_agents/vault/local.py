@@ -35,6 +35,7 @@ from alter_agents.providers import Providers, ProviderSpec
 from alter_agents.providers.binding import check_destination
 from alter_agents.sessions import DEFAULT_SCOPE
 from alter_agents.settings import Settings
+from alter_agents.telemetry import Correlation
 from alter_agents.vault import oauth
 from alter_agents.vault.audit import AuditWriter
 from alter_agents.vault.cache import GrantCache
@@ -372,12 +373,13 @@ class LocalVault:
     async def record_call(
         self, grant: Grant, *, method: str, url: str, status: int | None, latency_ms: float | None,
         principal: str | None, error: str | None = None, action: str = "call",
+        correlation: Correlation | None = None,
     ) -> None:
         host, path = _host_and_path(url)
         self.audit_log.add(
             action, principal=principal, grant_id=grant.grant_id, provider=grant.provider,
             method=method.upper(), host=host, path=path, status=status,
-            latency_ms=latency_ms, detail=error,
+            latency_ms=latency_ms, detail=error, **(correlation.audit_fields() if correlation else {}),
         )
 
     async def audit(self, limit: int = 100, grant_id: str | None = None) -> list[AuditEntry]:

@@ -54,6 +54,7 @@ from alter_agents.server.wire import (
 )
 from alter_agents.sessions import DEFAULT_SCOPE
 from alter_agents.settings import Settings
+from alter_agents.telemetry import Correlation
 from alter_agents.vault.connect import ProgressCallback, wait_for_connect
 from alter_agents.vault.memory import ProcessMemory
 from alter_agents.vault.remote_audit import AuditPoster
@@ -210,6 +211,7 @@ class RemoteVault:
     async def record_call(
         self, grant: Grant, *, method: str, url: str, status: int | None, latency_ms: float | None,
         principal: str | None, error: str | None = None, action: str = "call",
+        correlation: Correlation | None = None,
     ) -> None:
         """Best effort, as the official client does: an audit failure never fails the call.
 
@@ -218,6 +220,9 @@ class RemoteVault:
         body = {"grant_id": grant.grant_id, "provider_id": grant.provider, "method": method.upper(),
                 "url": str(httpx.URL(url).copy_with(query=None)), "response_status": status or 0,
                 "latency_ms": int(latency_ms or 0)}
+        if correlation is not None:  # the official protocol's optional run/thread/trace tags
+            body.update({k: v for k, v in correlation.audit_fields().items()
+                         if k in ("run_id", "thread_id", "trace_id", "surface", "tool")})
         if self._ours:
             self._audit.add(body)
             return
