@@ -51,6 +51,7 @@ class ProviderSpec(BaseModel):
     token_url: str | None = None
     device_authorization_url: str | None = None  # RFC 8628; sign-in from machines without a browser
     scopes: list[str] = Field(default_factory=list)
+    allowed_scopes: list[str] | None = None  # what `connect` may ask for; default: `scopes`
     scope_separator: str = " "
     authorize_params: dict[str, str] = Field(default_factory=dict)
     login_hint: str | None = None  # the authorize parameter that pre-selects an account (e.g. login_hint)
@@ -60,6 +61,10 @@ class ProviderSpec(BaseModel):
     token_auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_post"
     docs_url: str | None = None
     scope_signals: ScopeSignals | None = None  # how the provider says a token lacks a permission
+
+    def requestable_scopes(self) -> list[str]:
+        """The scopes a connect may request (the operator's `allowed_scopes`, else the default `scopes`)."""
+        return list(self.scopes if self.allowed_scopes is None else self.allowed_scopes)
 
     def claims_host(self, host: str) -> bool:
         """True when `host` is one of this provider's hosts (`*.example.com` patterns allowed)."""
