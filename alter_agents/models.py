@@ -153,6 +153,7 @@ class ConnectStatus(BaseModel):
     status: Literal["pending", "completed", "denied", "expired", "error"]
     results: list[ConnectResult] = Field(default_factory=list)
     error: str | None = None
+    error_code: str | None = None  # the typed error code of a failed flow
 
 
 class ApiResponse(httpx.Response):

@@ -117,6 +117,19 @@ class Settings:
             read_only=(env.get("ALTER_READ_ONLY") or "").strip().lower() or None,  # type: ignore[arg-type]
         )
 
+    def jwt_audience(self) -> str:
+        """The audience user JWTs must carry: ALTER_IDP_AUDIENCE, else this server's public URL.
+
+        A verifier without an audience would accept tokens minted for any other service.
+        """
+        audience = self.idp_audience or self.public_url
+        if not audience:
+            raise ConfigurationError(
+                "ALTER_IDP_ISSUER is set but ALTER_IDP_AUDIENCE is not: set it to the audience your identity "
+                "provider puts in tokens meant for this server (or set ALTER_PUBLIC_URL if that is it)."
+            )
+        return audience
+
     def resolved_key_file(self) -> Path:
         """The key file beside a SQLite store, or in the data dir for server databases."""
         if self.key_file:

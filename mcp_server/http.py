@@ -19,14 +19,16 @@ import uvicorn
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp
 
 from alter_agents.app import App
+from alter_agents.errors import ConnectError
 from alter_agents.grant_tools import GrantTool
 from alter_agents.sessions import Session
 from alter_agents.settings import Settings
 from alter_agents.tools import DEFAULT_CONNECT_WAIT
+from alter_agents.vault.connect import CONNECT_TTL_SECONDS, START_PATH, ConnectFlows
 from alter_agents.vault.identity import JWTVerifier
 from alter_agents.vault.local import LocalVault
 from mcp_server.auth import JWTTokenVerifier, StaticTokenVerifier, auth_settings, new_bearer_token
@@ -143,9 +145,34 @@ def _add_callback_route(server: MCPServer, vault: LocalVault) -> None:
 
     @server.custom_route(CALLBACK_PATH, methods=["GET"])  # type: ignore[untyped-decorator]
     async def oauth_callback(request: Request) -> Response:
-        finished, message = await vault.complete_connect(dict(request.query_params))
+        state = request.query_params.get("state", "")
+        browser = request.cookies.get(ConnectFlows.browser_cookie(state))
+        finished, message = await vault.complete_connect(dict(request.query_params), browser)
         page = f"<!doctype html><title>alter-agents</title><p>{_escape(message)}</p>"
         return HTMLResponse(page, status_code=200 if finished else 400)
+
+    # The connect link handed out: a confirm page naming who started the flow, usable in one browser.
+    @server.custom_route(START_PATH + "/{state}", methods=["GET"])  # type: ignore[untyped-decorator]
+    async def connect_confirm(request: Request) -> Response:
+        status, page = await vault.connect_confirm_page(request.path_params["state"])
+        return HTMLResponse(page, status_code=status, headers=_NO_STORE)
+
+    @server.custom_route(START_PATH + "/{state}", methods=["POST"])  # type: ignore[untyped-decorator]
+    async def connect_open(request: Request) -> Response:
+        state = request.path_params["state"]
+        try:
+            authorize_url, secret = await vault.open_connect_link(state)
+        except ConnectError as exc:
+            return HTMLResponse(f"<!doctype html><title>alter-agents</title><p>{_escape(exc.message)}</p>",
+                                status_code=410, headers=_NO_STORE)
+        response = RedirectResponse(authorize_url, status_code=303, headers=_NO_STORE)
+        response.set_cookie(ConnectFlows.browser_cookie(state), secret, max_age=int(CONNECT_TTL_SECONDS),
+                            path=CALLBACK_PATH, httponly=True, samesite="lax",
+                            secure=request.url.scheme == "https")
+        return response
+
+
+_NO_STORE = {"cache-control": "no-store", "referrer-policy": "no-referrer"}
 
 
 def _transport_security(host: str, public_url: str, extra: tuple[str, ...]) -> TransportSecuritySettings:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from alter_agents import App, ConnectError, Settings, UnauthenticatedError
+from alter_agents import AlterError, App, Settings, UnauthenticatedError
 from alter_agents.models import ConnectStart
 from tests.conftest import Deployment
 from tests.fixtures import AsyncBrowser, OAuthServer, UpstreamAPI
@@ -152,8 +152,9 @@ async def test_a_provider_set_to_client_secret_basic_connects_and_refreshes_with
         [grant] = await app.connect(["basic"], on_url=approve, timeout=15)
         await asyncio.sleep(1.1)
         response = await app.request("GET", d.upstream.echo_url("x"), provider="basic")
-        with pytest.raises(ConnectError):  # the same client, its secret in the form: refused by the server
+        with pytest.raises(AlterError) as refused:  # the same client, its secret in the form: refused by the server
             await app.connect(["posted"], on_url=approve, timeout=15)
+        assert refused.value.code == "provider_not_configured"  # RFC 6749 invalid_client: the operator must act
     assert grant.account == "octo" and response.json_body()["account"] == "octo"
     assert d.oauth.count("authorization_code") == 2  # basic succeeded, posted was refused
     assert d.oauth.count("refresh_token") == 1

@@ -15,7 +15,7 @@ from alter_agents import App, ConfigurationError, Settings, VaultKeyError
 from alter_agents.models import APP, Principal
 from alter_agents.vault import schema
 from alter_agents.vault import store as store_module
-from alter_agents.vault.crypto import generate_key
+from alter_agents.vault.crypto import generate_key, grant_binding
 from alter_agents.vault.local import LocalVault
 from tests.conftest import Deployment, connect_as
 from tests.fixtures import AsyncBrowser
@@ -177,4 +177,5 @@ async def test_a_revoked_grant_loses_its_credential(deployment: Deployment) -> N
         assert await app.grants() == []
         stored = await app.vault.store.get_grant(grant.grant_id)  # type: ignore[attr-defined]
         assert stored.grant.status == "revoked"
-        assert app.vault._cipher().decrypt(stored.secret, grant.grant_id) == b"{}"  # type: ignore[attr-defined]
+        binding = grant_binding(grant.grant_id, grant.owner, grant.provider)
+        assert app.vault._cipher().decrypt(stored.secret, binding) == b"{}"  # type: ignore[attr-defined]

@@ -57,6 +57,7 @@ class ProviderSpec(BaseModel):
     token_url: str | None = None
     device_authorization_url: str | None = None  # RFC 8628; sign-in from machines without a browser
     scopes: list[str] = Field(default_factory=list)
+    allowed_scopes: list[str] | None = None  # what `connect` may ask for; default: `scopes`
     scope_separator: str = " "
     authorize_params: dict[str, str] = Field(default_factory=dict)
     login_hint: str | None = None  # the authorize parameter that pre-selects an account (e.g. login_hint)
@@ -74,6 +75,10 @@ class ProviderSpec(BaseModel):
         for entry in value:
             binding.parse_entry(entry)
         return value
+
+    def requestable_scopes(self) -> list[str]:
+        """The scopes a connect may request (the operator's `allowed_scopes`, else the default `scopes`)."""
+        return list(self.scopes if self.allowed_scopes is None else self.allowed_scopes)
 
     def claims(self, url: str) -> bool:
         """True when `url` (host and port) is one of this provider's API destinations."""

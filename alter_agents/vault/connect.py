@@ -7,7 +7,11 @@ another process or server replica than the one that started the flow.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
+import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -15,16 +19,27 @@ from datetime import UTC, datetime
 import anyio
 import httpx
 
-from alter_agents.errors import AlterError, ConnectDeniedError, ConnectError, ConnectTimeoutError
+from alter_agents.errors import (
+    AlterError,
+    ConnectDeniedError,
+    ConnectError,
+    ConnectTimeoutError,
+    InvalidArgumentsError,
+    RateLimitedError,
+    UpstreamUnreachableError,
+)
 from alter_agents.models import ConnectResult, ConnectStart, ConnectStatus
-from alter_agents.providers import Providers
+from alter_agents.providers import Providers, ProviderSpec
 from alter_agents.providers.binding import check_destination
 from alter_agents.vault import oauth
-from alter_agents.vault.crypto import Cipher
-from alter_agents.vault.loopback import LoopbackReceiver
+from alter_agents.vault.crypto import Cipher, grant_binding
+from alter_agents.vault.loopback import LoopbackReceiver, confirm_page, page
 from alter_agents.vault.store import ConnectSessionRow, Store
 
 CONNECT_TTL_SECONDS = 600.0
+START_PATH = "/oauth/start"  # where a server-hosted connect link opens: a confirm page on our own server
+MAX_LIVE_FLOWS_PER_OWNER = 20
+_log = logging.getLogger(__name__)
 ProgressCallback = Callable[[float, str], Awaitable[None]]
 
 
@@ -42,6 +57,11 @@ class ConnectFlows:
     def callback_url(self) -> str | None:
         return f"{self._public_url}/oauth/callback" if self._public_url else None
 
+    @staticmethod
+    def browser_cookie(session_id: str) -> str:
+        """The cookie that ties a flow to the browser its link was opened in."""
+        return "alter_connect_" + hashlib.sha256(session_id.encode()).hexdigest()[:16]
+
     async def start(
         self, provider: str, owner: str, *, label: str | None = None, scopes: list[str] | None = None,
         redirect_uri: str | None = None, ttl: float = CONNECT_TTL_SECONDS, login_hint: str | None = None,
@@ -53,9 +73,21 @@ class ConnectFlows:
                 f"`alter-agents secrets add {provider} ...`.",
                 provider=provider,
             )
+        scopes = _allowed(spec, scopes)
+        now = time.time()
+        live = await self._store.live_connect_sessions(owner, expired_before=now - CONNECT_TTL_SECONDS)
+        if live >= MAX_LIVE_FLOWS_PER_OWNER:
+            raise RateLimitedError(
+                f"{live} sign-ins started for this user are still open; finish one in the browser or wait for "
+                f"them to expire (at most {CONNECT_TTL_SECONDS / 60:.0f} minutes) before starting another.",
+                provider=provider,
+            )
         state = oauth.new_state()
         verifier = oauth.new_code_verifier()
         receiver: LoopbackReceiver | None = None
+        # A flow whose redirect comes back to our own server is handed out as a link to our confirm page,
+        # usable in one browser only; the callback then requires that browser's cookie.
+        bind_browser = redirect_uri is None and self.callback_url is not None
         redirect_uri = redirect_uri or self.callback_url
         if redirect_uri is None:
             receiver = LoopbackReceiver(self._on_loopback_redirect(state))
@@ -68,7 +100,10 @@ class ConnectFlows:
             session_id=state, provider=provider, owner=owner, label=label, scopes=list(scopes or spec.scopes),
             redirect_uri=redirect_uri, verifier=self._cipher().encrypt(verifier.encode(), state),
             status="pending", result=None, error=None, created_at=now, expires_at=now + ttl,
+            browser="" if bind_browser else None,
         ))
+        if bind_browser:
+            url = f"{self._public_url}{START_PATH}/{state}"
         if receiver is not None:
             self._receivers[state] = receiver
             self._expire_receiver_later(state, ttl)
@@ -101,26 +136,68 @@ class ConnectFlows:
         if receiver is not None:
             await receiver.close()
 
-    async def complete(self, query: dict[str, str]) -> tuple[bool, str]:
-        """Handle the authorization server's redirect; returns (finished, message for the browser)."""
+    async def confirm_page(self, session_id: str) -> tuple[int, str]:
+        """The page a server-hosted connect link shows: who asked to link what, and one button.
+
+        A GET changes nothing (link previews must not use up the link); the button POSTs to `open_link`.
+        """
+        row = await self._store.get_connect_session(session_id)
+        if row is None or row.browser is None or row.expires_at < time.time() or row.status != "pending":
+            return 404, page("Link expired", "This sign-in link is unknown or expired; ask for a new one.")
+        if row.browser:
+            return 409, page("Link already used", "This sign-in link was already opened in a browser. If that was "
+                             "not you, do not continue; ask for a new link.")
+        spec = self._providers.get(row.provider)
+        minutes = max(int((row.expires_at - time.time()) // 60), 1)
+        action = f"{self._public_url}{START_PATH}/{session_id}"
+        return 200, confirm_page(spec.display_name or spec.name, row.owner, minutes, action)
+
+    async def open_link(self, session_id: str) -> tuple[str, str]:
+        """Use a server-hosted connect link, once: returns the authorization URL and the secret that binds
+        the flow to this browser (set it as the `browser_cookie`)."""
+        row = await self._store.get_connect_session(session_id)
+        secret = secrets.token_urlsafe(32)
+        if row is None or not await self._store.bind_connect_browser(session_id, _hash(secret)):
+            raise ConnectError("This sign-in link was already used or has expired; ask for a new one.")
+        spec = self._providers.get(row.provider)
+        verifier = self._cipher().decrypt(row.verifier, row.session_id).decode()
+        url = oauth.authorization_url(spec, redirect_uri=row.redirect_uri, state=session_id,
+                                      code_verifier=verifier, scopes=row.scopes)
+        return url, secret
+
+    async def complete(self, query: dict[str, str], browser: str | None = None) -> tuple[bool, str]:
+        """Handle the authorization server's redirect; returns (finished, message for the browser).
+
+        `browser` is the flow's browser cookie; a flow opened through a confirm page completes only in
+        the browser that opened it.
+        """
         state = query.get("state", "")
         row = await self._store.get_connect_session(state) if state else None
         if row is None:
             return False, "Unknown or expired sign-in; start connect again."
+        if row.browser is not None and not (row.browser and browser and hmac.compare_digest(row.browser,
+                                                                                           _hash(browser))):
+            return False, "This sign-in was not started in this browser; open the sign-in link you were given."
         if row.expires_at < time.time():
             await self._store.finish_connect_session(state, "expired")
             return False, "This sign-in expired; start connect again."
         if not await self._store.claim_connect_session(state):
             return True, "This sign-in was already completed; you can close this window."
-        if query.get("error"):
-            await self._store.finish_connect_session(state, "denied", error=query["error"])
-            return True, "Access was not granted. You can close this window."
         try:
+            if error := query.get("error"):
+                raise oauth.oauth_error(error if error in oauth.KNOWN_ERRORS else "", self._providers.get(row.provider))
             result = await self._exchange(row, query.get("code", ""))
-        except (AlterError, oauth.InvalidGrant) as exc:
-            await self._store.finish_connect_session(state, "error", error=str(exc))
-            return True, f"Sign-in failed: {exc}"
-        await self._store.finish_connect_session(state, "completed", result=result)
+        except BaseException as exc:
+            status, code, message = _outcome(exc)
+            with anyio.CancelScope(shield=True):  # every exit finishes the flow, a cancelled one too
+                await self._store.finish_connect_session(state, status, error=message, error_code=code)
+            if not isinstance(exc, Exception):
+                raise
+            if status == "denied":
+                return True, "Access was not granted. You can close this window."
+            return True, f"Sign-in failed: {message}"
+        with anyio.CancelScope(shield=True):
+            await self._store.finish_connect_session(state, "completed", result=result)
         return True, f"Connected {row.provider} account {result.account}. You can close this window."
 
     async def _exchange(self, row: ConnectSessionRow, code: str) -> ConnectResult:
@@ -140,7 +217,8 @@ class ConnectFlows:
         stored, created = await self._store.upsert_grant(
             provider=spec.name, owner=row.owner, kind="oauth2", account=account, label=row.label,
             display_name=display, scopes=tokens.scopes or row.scopes,
-            seal=lambda grant_id: self._cipher().encrypt(secret, grant_id), expires_at=tokens.expires_at,
+            seal=lambda grant_id: self._cipher().encrypt(secret, grant_binding(grant_id, row.owner, spec.name)),
+            expires_at=tokens.expires_at,
         )
         await self._store.record("connect", principal=row.owner, grant_id=stored.grant.grant_id,
                                  provider=spec.name, detail="creation" if created else "reauth")
@@ -156,7 +234,7 @@ class ConnectFlows:
         if row.status == "completed" and row.result is not None:
             return ConnectStatus(status="completed", results=[row.result])
         if row.status in ("denied", "error", "expired"):
-            return ConnectStatus(status=row.status, error=row.error)  # type: ignore[arg-type]
+            return ConnectStatus(status=row.status, error=row.error, error_code=row.error_code)  # type: ignore[arg-type]
         if row.expires_at < time.time():
             return ConnectStatus(status="expired")
         return ConnectStatus(status="pending")
@@ -196,12 +274,55 @@ async def wait_for_connect(
     if status.status == "expired":
         raise ConnectTimeoutError(f"The sign-in ended before the user finished ({status.error or 'expired'}); "
                                   "call connect again for a new link.")
+    if status.status == "error" and status.error_code in _ERRORS_BY_CODE:
+        raise _ERRORS_BY_CODE[status.error_code](status.error or "Connect failed.")
     if status.status == "pending":
         raise ConnectTimeoutError(
             f"The user did not finish signing in within {timeout:.0f}s; call connect again later "
             "to see whether they finished.",
         )
     raise ConnectError(f"Connect failed: {(status.error or status.status).rstrip('.')}.")
+
+
+_ERRORS_BY_CODE: dict[str, type[AlterError]] = {
+    "invalid_arguments": InvalidArgumentsError,
+    "provider_not_configured": oauth.OAuthClientRejectedError,
+    "upstream_unreachable": UpstreamUnreachableError,
+    "rate_limited": RateLimitedError,
+}
+
+
+def _allowed(spec: ProviderSpec, scopes: list[str] | None) -> list[str] | None:
+    """The model may narrow the scopes, never widen them past what the operator allows."""
+    if scopes is None:
+        return None
+    allowed = spec.requestable_scopes()
+    refused = [s for s in scopes if s not in allowed]
+    if refused:
+        raise InvalidArgumentsError(
+            f"{spec.name} does not allow requesting {', '.join(refused)}; choose scopes from: "
+            f"{', '.join(allowed) or '(none: leave scopes out)'}.",
+            provider=spec.name, allowed_scopes=allowed,
+        )
+    return list(dict.fromkeys(scopes))
+
+
+def _outcome(exc: BaseException) -> tuple[str, str, str]:
+    """How a flow that failed with `exc` is finished: (status, error code, message for the model)."""
+    if isinstance(exc, ConnectDeniedError):
+        return "denied", exc.code, exc.message
+    if isinstance(exc, AlterError):
+        return "error", exc.code, exc.message
+    if isinstance(exc, oauth.InvalidGrant):
+        return "error", "internal", "The authorization code was refused; start connect again."
+    if isinstance(exc, Exception):
+        _log.error("connect flow failed unexpectedly: %s", type(exc).__name__)
+        return "error", "internal", f"Sign-in failed unexpectedly ({type(exc).__name__}); start connect again."
+    return "error", "internal", "The sign-in was interrupted; start connect again."
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def _dt(ts: float) -> datetime:

@@ -1,10 +1,17 @@
-"""Secrets at rest: AES-256-GCM, each ciphertext bound to its row by associated data."""
+"""Secrets at rest: AES-256-GCM, each ciphertext bound to its row by associated data.
+
+A grant's credential is bound to the grant id, its owner and its provider (`grant_binding`), so a
+ciphertext copied into another row, or a row whose owner or provider was rewritten, does not decrypt.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import json
 import os
+import secrets
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -21,6 +28,11 @@ def generate_key() -> str:
     return base64.urlsafe_b64encode(AESGCM.generate_key(bit_length=256)).decode()
 
 
+def grant_binding(grant_id: str, owner: str, provider: str) -> str:
+    """The associated data of a grant's credential: the row it belongs to, unambiguously encoded."""
+    return json.dumps(["alter-grant-v2", grant_id, owner, provider], separators=(",", ":"))
+
+
 def _decode_key(text: str) -> bytes:
     try:
         raw = base64.urlsafe_b64decode(text.strip().encode() + b"==")
@@ -31,18 +43,65 @@ def _decode_key(text: str) -> bytes:
     return raw
 
 
+def read_key_file(key_file: Path) -> str | None:
+    """The key stored in `key_file`, or None when there is no such file."""
+    try:
+        text = key_file.read_text("utf-8").strip()
+    except FileNotFoundError:
+        return None
+    _decode_key_file(text, key_file)
+    return text
+
+
+def _decode_key_file(text: str, key_file: Path) -> None:
+    try:
+        _decode_key(text)
+    except VaultKeyError as exc:
+        raise VaultKeyError(f"The vault key file {key_file} is not a valid key: {exc.message}") from None
+
+
+def create_key_file(key_file: Path) -> str:
+    """Create `key_file` (0600, in a 0700 directory) with a new key, atomically.
+
+    The key is written to a temporary file first and linked into place, so a concurrent reader never
+    sees a partial file; when another process created the file first, its key is returned instead.
+    """
+    make_private_dir(key_file.parent)
+    new = generate_key()
+    temp = key_file.with_name(f".{key_file.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(new + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temp, key_file)
+        except FileExistsError:
+            winner = read_key_file(key_file)
+            if winner is None:  # deleted again between the two calls: nothing sane to return
+                raise VaultKeyError(f"The vault key file {key_file} vanished while it was created.") from None
+            return winner
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+    return new
+
+
+def make_private_dir(path: Path) -> None:
+    """Create a directory readable by its owner only (0700); an existing one is left as it is."""
+    if path.is_dir():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+
+
 def load_or_create_key(key: str | None, key_file: Path) -> str:
     """The explicit key, else the key file (created with 0600 on first use)."""
     if key:
         return key
-    if key_file.exists():
-        return key_file.read_text("utf-8").strip()
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    new = generate_key()
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(new + "\n")
-    return new
+    return read_key_file(key_file) or create_key_file(key_file)
 
 
 class Cipher:
@@ -66,3 +125,12 @@ class Cipher:
                 "Cannot decrypt the vault: ALTER_VAULT_KEY (or the key file) is not the key this store "
                 "was written with. Nothing was changed."
             ) from None
+
+    def try_decrypt(self, blob: bytes, aad: str) -> bytes | None:
+        """Plaintext, or None when `blob` was not sealed with this key for `aad`."""
+        if not blob.startswith(_VERSION):
+            return None
+        try:
+            return self._aead.decrypt(blob[1 : 1 + _NONCE], blob[1 + _NONCE :], aad.encode())
+        except InvalidTag:
+            return None

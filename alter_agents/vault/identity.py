@@ -11,8 +11,8 @@ accepted.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ _ALGORITHMS_BY_KTY: dict[str, tuple[str, ...]] = {
 LEEWAY_SECONDS = 30
 _MIN_REFETCH_INTERVAL = 30.0
 _MAX_REMEMBERED = 10_000
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +61,13 @@ class JWTVerifier:
         *,
         refetch_interval: float = _MIN_REFETCH_INTERVAL,
     ) -> None:
+        if not audience:
+            raise ConfigurationError(
+                "An identity provider needs an audience (ALTER_IDP_AUDIENCE): without one, tokens minted "
+                "for any other service would be accepted."
+            )
         self.issuer = issuer
-        self.audience = audience
+        self.audience: str = audience
         self.groups_claim = groups_claim
         self._jwks_url = jwks_url
         self._http = http
@@ -99,7 +105,7 @@ class JWTVerifier:
         allowed = _ALGORITHMS_BY_KTY.get(str(key.key_type), ())
         if alg not in allowed:
             raise UnauthenticatedError(f"The session token's algorithm {alg!r} is not accepted.")
-        options: Options = {"require": ["exp", "iss", "sub"], "verify_aud": self.audience is not None}
+        options: Options = {"require": ["exp", "iss", "sub", "aud"], "verify_aud": True}
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -114,7 +120,8 @@ class JWTVerifier:
             raise UnauthenticatedError("The session token has expired; sign in again.") from None
         except jwt.InvalidTokenError as exc:
             raise UnauthenticatedError(f"The session token was rejected: {exc}.") from None
-        return Identity(sub=str(claims["sub"]), groups=_groups(claims.get(self.groups_claim)), claims=claims)
+        groups = _groups(claims.get(self.groups_claim), self.groups_claim)
+        return Identity(sub=str(claims["sub"]), groups=groups, claims=claims)
 
     async def _key_for(self, kid: str | None) -> PyJWK:
         if not self._keys:
@@ -177,9 +184,17 @@ class JWTVerifier:
         return self._http
 
 
-def _groups(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return tuple(v for v in value.replace(",", " ").split() if v)
-    if isinstance(value, Sequence):
-        return tuple(str(v) for v in value)
+def _groups(value: Any, claim: str) -> tuple[str, ...]:
+    """Groups only from a JSON array of strings; anything else grants no group (splitting a string would
+    turn the group "IT Admins" into "Admins")."""
+    if value is None:
+        return ()
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    if claim not in _WARNED_CLAIMS:
+        _WARNED_CLAIMS.add(claim)
+        _log.warning("The JWT claim %r is not a list of strings; such tokens get no groups.", claim)
     return ()
+
+
+_WARNED_CLAIMS: set[str] = set()

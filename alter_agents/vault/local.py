@@ -14,12 +14,12 @@ import httpx
 
 from alter_agents.approval import Approver
 from alter_agents.errors import (
-    AlterError,
     GrantNotFoundError,
     InvalidArgumentsError,
     ReauthRequiredError,
     UnauthenticatedError,
     UpstreamUnreachableError,
+    VaultKeyError,
 )
 from alter_agents.models import (
     APP,
@@ -40,10 +40,11 @@ from alter_agents.vault import oauth
 from alter_agents.vault.audit import AuditWriter
 from alter_agents.vault.cache import GrantCache
 from alter_agents.vault.connect import ConnectFlows, ProgressCallback
-from alter_agents.vault.crypto import Cipher, load_or_create_key
+from alter_agents.vault.crypto import Cipher, grant_binding
 from alter_agents.vault.device_flows import DeviceFlows
 from alter_agents.vault.gate import PolicyGate
 from alter_agents.vault.identity import Identity, JWTVerifier
+from alter_agents.vault.keyfile import load_key, reseal
 from alter_agents.vault.memory import StoreMemory
 from alter_agents.vault.resolve import choose, owned_by
 from alter_agents.vault.store import AuditEntry, Store, StoredGrant
@@ -67,14 +68,14 @@ class LocalVault:
         self.verifier: JWTVerifier | None = None
         if self.settings.idp_issuer:
             self.verifier = JWTVerifier(
-                self.settings.idp_issuer, self.settings.idp_audience, self.settings.idp_jwks_url,
+                self.settings.idp_issuer, self.settings.jwt_audience(), self.settings.idp_jwks_url,
                 self.settings.idp_groups_claim, http=self._http,
             )
         self._cipher_obj: Cipher | None = None
         self._open_lock = asyncio.Lock()
-        self._refresh_locks: dict[str, asyncio.Lock] = {}
-        self._opened: dict[bytes, dict[str, str | None]] = {}
-        self._refreshed: dict[str, tuple[bytes, float, dict[str, str | None]]] = {}
+        self._refreshing: dict[str, asyncio.Task[dict[str, str | None]]] = {}
+        # Plaintexts keyed by ciphertext AND the row binding they were checked against.
+        self._opened: dict[tuple[bytes, str], dict[str, str | None]] = {}
         self.connects = ConnectFlows(self.store, self._cipher, self.providers, self._http, self.settings.public_url)
         self.memory = StoreMemory(self.store, self.open)
         policy = Policy.load(self.settings.policy_file, known_providers=self.providers.names(),
@@ -92,13 +93,15 @@ class LocalVault:
             if self._cipher_obj is not None:
                 return
             await self.store.migrate()
-            key = await anyio.to_thread.run_sync(
-                load_or_create_key, self.settings.vault_key_value(), self.settings.resolved_key_file()
-            )
+            key, source = await load_key(self.settings, self.store)
             cipher = Cipher(key)
             check = await self.store.set_meta_once("key_check", cipher.encrypt(_KEY_CHECK, "key_check"))
-            if cipher.decrypt(check, "key_check") != _KEY_CHECK:
-                raise AlterError("The vault key check failed.")
+            if cipher.try_decrypt(check, "key_check") != _KEY_CHECK:
+                raise VaultKeyError(
+                    f"Cannot decrypt the vault: {source} is not the key this store was written with. "
+                    "Nothing was changed; see 'Recovering the vault key' in docs/vault.md."
+                )
+            await self.store.reseal_grants(functools.partial(reseal, cipher))
             self._cipher_obj = cipher
 
     def _cipher(self) -> Cipher:
@@ -108,6 +111,9 @@ class LocalVault:
 
     async def aclose(self) -> None:
         await self.devices.aclose()
+        refreshing = [t for t in self._refreshing.values() if not t.done()]
+        if refreshing:  # let a refresh the provider already answered reach the store
+            await asyncio.wait(refreshing, timeout=REFRESH_LEASE_SECONDS)
         await self.connects.aclose()
         await self._http.aclose()
         await self.audit_log.aclose()
@@ -224,14 +230,30 @@ class LocalVault:
                                   hosts=tuple(spec.hosts), allow_http=spec.allow_http,
                                   principal=principal or grant.owner)
 
+    def seal(self, grant_id: str, owner: str, provider: str, secret: dict[str, str | None]) -> bytes:
+        """Encrypt a credential for the grant row (id, owner, provider) it will be stored in."""
+        return self._cipher().encrypt(json.dumps(secret).encode(), grant_binding(grant_id, owner, provider))
+
     def _open_secret(self, stored: StoredGrant) -> dict[str, str | None]:
-        """Decrypt a grant's credential; a ciphertext seen before (a unique random nonce) is not decrypted again."""
-        data = self._opened.get(stored.secret)
+        """Decrypt a grant's credential after checking it was sealed for this very row.
+
+        The plaintext is remembered under the ciphertext and the row's binding, so a ciphertext copied
+        into another row (or a row whose owner or provider changed) is checked afresh, and refused.
+        """
+        grant = stored.grant
+        binding = grant_binding(grant.grant_id, grant.owner, grant.provider)
+        data = self._opened.get((stored.secret, binding))
         if data is None:
-            data = json.loads(self._cipher().decrypt(stored.secret, stored.grant.grant_id))
+            plaintext = self._cipher().try_decrypt(stored.secret, binding)
+            if plaintext is None:
+                raise VaultKeyError(
+                    f"The stored credential of grant {grant.grant_id} was not sealed for that grant (the store "
+                    "was changed without the vault key), so it was not used. Reconnect the account."
+                )
+            data = json.loads(plaintext)
             if len(self._opened) >= _MAX_OPENED:
                 self._opened.clear()
-            self._opened[stored.secret] = data
+            self._opened[(stored.secret, binding)] = data
         return dict(data)
 
     async def _access_token(self, stored: StoredGrant, spec: ProviderSpec) -> str:
@@ -244,50 +266,74 @@ class LocalVault:
         return token
 
     async def _refresh(self, seen: StoredGrant, spec: ProviderSpec) -> dict[str, str | None]:
-        """Single-flight refresh: one in-process lock per grant plus a store lease across processes."""
+        """Single-flight refresh in a vault-owned task, so a cancelled caller never loses the grant.
+
+        Callers in this process share one task per grant and wait on it shielded: the task commits
+        whatever the provider returned (a rotated refresh token included) and releases the store
+        lease even when every caller has gone.
+        """
         grant_id = seen.grant.grant_id
-        lock = self._refresh_locks.setdefault(grant_id, asyncio.Lock())
-        async with lock:
-            done = self._refreshed.get(grant_id)
-            if done is not None and done[0] != seen.secret and done[1] - REFRESH_SKEW_SECONDS > time.time():
-                return dict(done[2])  # refreshed in this process while we waited for the lock
-            deadline = time.monotonic() + REFRESH_LEASE_SECONDS + 5
-            while True:
-                current = await self.store.get_grant(grant_id)
-                if current is None:
-                    raise GrantNotFoundError(grant_id)
-                if current.grant.status == "needs_reauth":
-                    raise ReauthRequiredError(current.grant.provider, current.grant.account)
-                if current.secret != seen.secret and not _expired(current.grant):
-                    return self._open_secret(current)  # someone else refreshed meanwhile
-                if await self.store.claim_refresh(grant_id, REFRESH_LEASE_SECONDS):
-                    # Another process may have committed its refresh between our read and our claim;
-                    # its old refresh token is dead now, so re-read under the lease before using it.
-                    current = await self.store.get_grant(grant_id) or current
-                    if current.secret != seen.secret and not _expired(current.grant):
-                        await self.store.finish_refresh(grant_id, secret=None, expires_at=None)
-                        return self._open_secret(current)
-                    break
-                if time.monotonic() > deadline:
-                    raise UpstreamUnreachableError("Another process is still refreshing this token; try again.")
-                await anyio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        task = self._refreshing.get(grant_id)
+        if task is None or task.done() or task.get_loop() is not loop:
+            task = loop.create_task(self._refresh_now(seen, spec))
+            self._refreshing[grant_id] = task
+            task.add_done_callback(functools.partial(self._refresh_finished, grant_id))
+        return dict(await asyncio.shield(task))
+
+    def _refresh_finished(self, grant_id: str, task: asyncio.Task[dict[str, str | None]]) -> None:
+        if self._refreshing.get(grant_id) is task:
+            del self._refreshing[grant_id]
+        if not task.cancelled():
+            task.exception()  # retrieved here, so a refresh whose callers all left does not warn
+
+    async def _refresh_now(self, seen: StoredGrant, spec: ProviderSpec) -> dict[str, str | None]:
+        """Take the cross-process lease, ask the provider, commit; the lease is released on every exit."""
+        grant_id = seen.grant.grant_id
+        deadline = time.monotonic() + REFRESH_LEASE_SECONDS + 5
+        while True:
+            current = await self.store.get_grant(grant_id)
+            if current is None:
+                raise GrantNotFoundError(grant_id)
+            if current.grant.status == "needs_reauth":
+                raise ReauthRequiredError(current.grant.provider, current.grant.account)
+            if current.secret != seen.secret and not _expired(current.grant):
+                return self._open_secret(current)  # someone else refreshed meanwhile
+            if await self.store.claim_refresh(grant_id, REFRESH_LEASE_SECONDS):
+                break
+            if time.monotonic() > deadline:
+                raise UpstreamUnreachableError("Another process is still refreshing this token; try again.")
+            await anyio.sleep(0.05)
+        try:
+            # Another process may have committed its refresh between our read and our claim;
+            # its old refresh token is dead now, so re-read under the lease before using it.
+            current = await self.store.get_grant(grant_id) or current
+            if current.secret != seen.secret and not _expired(current.grant):
+                await self._release_lease(grant_id)
+                return self._open_secret(current)
             secret = self._open_secret(current)
-            try:
-                tokens = await oauth.refresh(self._http, spec, secret["refresh_token"] or "")
-            except oauth.InvalidGrant:
+            tokens = await oauth.refresh(self._http, spec, secret["refresh_token"] or "")
+        except oauth.InvalidGrant:
+            with anyio.CancelScope(shield=True):
                 await self.store.finish_refresh(grant_id, secret=None, expires_at=None, status="needs_reauth")
                 await self.store.record("refresh", grant_id=grant_id, provider=spec.name, detail="invalid_grant")
-                raise ReauthRequiredError(current.grant.provider, current.grant.account) from None
-            except BaseException:
-                await self.store.finish_refresh(grant_id, secret=None, expires_at=None)
-                raise
-            new = {"access_token": tokens.access_token,
-                   "refresh_token": tokens.refresh_token or secret.get("refresh_token")}
-            sealed = self._cipher().encrypt(json.dumps(new).encode(), grant_id)
+            raise ReauthRequiredError(current.grant.provider, current.grant.account) from None
+        except BaseException:
+            await self._release_lease(grant_id)
+            raise
+        new = {"access_token": tokens.access_token,
+               "refresh_token": tokens.refresh_token or secret.get("refresh_token")}
+        grant = current.grant
+        with anyio.CancelScope(shield=True):  # the provider may have rotated the refresh token: keep it
+            sealed = self.seal(grant_id, grant.owner, grant.provider, new)
             await self.store.finish_refresh(grant_id, secret=sealed, expires_at=tokens.expires_at)
-            self._refreshed[grant_id] = (sealed, tokens.expires_at or float("inf"), new)
+            self._opened[(sealed, grant_binding(grant_id, grant.owner, grant.provider))] = new
             await self.store.record("refresh", grant_id=grant_id, provider=spec.name, detail="ok")
-            return new
+        return new
+
+    async def _release_lease(self, grant_id: str) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.store.finish_refresh(grant_id, secret=None, expires_at=None)
 
     # -- grants and secrets -----------------------------------------------------------------
 
@@ -310,7 +356,7 @@ class LocalVault:
         owners = await self.owners(user_token) if user_token else None
         stored = await self.store.get_grant(_canonical_uuid(grant_id)) if _is_uuid(grant_id) else None
         grant = owned_by(stored.grant if stored else None, owners, grant_id)
-        empty = self._cipher().encrypt(b"{}", grant.grant_id)
+        empty = self._cipher().encrypt(b"{}", grant_binding(grant.grant_id, grant.owner, grant.provider))
         await self.store.finish_refresh(grant.grant_id, secret=empty, expires_at=None, status="revoked")
         await self.store.record("revoke", grant_id=grant.grant_id, provider=grant.provider,
                                 principal=grant.owner)
@@ -325,11 +371,11 @@ class LocalVault:
         spec = self.providers.get(provider)
         if not value or any(c in value for c in "\r\n\0"):
             raise InvalidArgumentsError("The secret is empty or contains line breaks.")
-        payload = json.dumps({"access_token": value, "refresh_token": None}).encode()
+        payload: dict[str, str | None] = {"access_token": value, "refresh_token": None}
         stored, _created = await self.store.upsert_grant(
             provider=spec.name, owner=str(owner), kind=spec.kind, account=account, label=label,
             display_name=display_name, scopes=[],
-            seal=lambda grant_id: self._cipher().encrypt(payload, grant_id), expires_at=None,
+            seal=lambda grant_id: self.seal(grant_id, str(owner), spec.name, payload), expires_at=None,
         )
         await self.store.record("secret_added", grant_id=stored.grant.grant_id, provider=spec.name,
                                 principal=str(owner))
@@ -364,9 +410,17 @@ class LocalVault:
         await self.open()
         return await self.connects.wait(session_id, timeout, on_progress)
 
-    async def complete_connect(self, query: dict[str, str]) -> tuple[bool, str]:
+    async def complete_connect(self, query: dict[str, str], browser: str | None = None) -> tuple[bool, str]:
         await self.open()
-        return await self.connects.complete(query)
+        return await self.connects.complete(query, browser)
+
+    async def connect_confirm_page(self, session_id: str) -> tuple[int, str]:
+        await self.open()
+        return await self.connects.confirm_page(session_id)
+
+    async def open_connect_link(self, session_id: str) -> tuple[str, str]:
+        await self.open()
+        return await self.connects.open_link(session_id)
 
     # -- audit -----------------------------------------------------------------------------
 

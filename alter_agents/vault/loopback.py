@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from html import escape
 
 import h11
 
@@ -20,10 +21,22 @@ _PAGE = """<!doctype html><meta charset="utf-8"><title>alter-agents</title>
 <body style="font-family:sans-serif;margin:3em"><h1>{title}</h1><p>{detail}</p></body>"""
 
 
-def page(title: str, detail: str) -> str:
-    from html import escape
+_CONFIRM = """<!doctype html><meta charset="utf-8"><title>alter-agents</title>
+<body style="font-family:sans-serif;margin:3em"><h1>Link a {provider} account?</h1>
+<p>An assistant acting for <b>{owner}</b> asked to link a {provider} account to <b>{owner}</b>'s grants.
+Continue only if you are {owner} and you asked for this: whoever signs in next links <i>their</i> {provider}
+account for {owner}. This link works once and expires in {minutes} minutes.</p>
+<form method="post" action="{action}"><input type="hidden" name="alter_confirm" value="yes">
+<button type="submit">Continue to {provider}</button></form></body>"""
 
+
+def page(title: str, detail: str) -> str:
     return _PAGE.format(title=escape(title), detail=escape(detail))
+
+
+def confirm_page(provider: str, owner: str, minutes: int, action: str) -> str:
+    """The one-time confirm step of a server-hosted connect link, naming who started it."""
+    return _CONFIRM.format(provider=escape(provider), owner=escape(owner), minutes=minutes, action=escape(action))
 
 
 class LoopbackReceiver:

@@ -18,8 +18,11 @@ from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from alter_agents.errors import (
+    AlterError,
     ConfigurationError,
+    ConnectDeniedError,
     ConnectError,
+    InvalidArgumentsError,
     ProviderNotConfiguredError,
     RateLimitedError,
     UpstreamUnreachableError,
@@ -31,6 +34,45 @@ _RETRY_DELAYS = (0.2, 0.5, 1.0)
 
 class InvalidGrant(Exception):
     """The authorization server refused the refresh token or code for good."""
+
+
+class OAuthClientRejectedError(ConfigurationError):
+    """The authorization server does not accept our OAuth client (id, secret, redirect or grant type)."""
+
+    code = "provider_not_configured"
+
+
+# RFC 6749 §4.1.2.1 (authorization response) and §5.2 (token response) error codes this vault can act on.
+_CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client", "unsupported_grant_type",
+                            "unsupported_response_type", "invalid_request"})
+_TRANSIENT_ERRORS = frozenset({"server_error", "temporarily_unavailable"})
+KNOWN_ERRORS = _CLIENT_ERRORS | _TRANSIENT_ERRORS | {"access_denied", "invalid_scope", "invalid_grant"}
+
+
+def oauth_error(error: str, spec: ProviderSpec) -> AlterError:
+    """The typed error for an RFC 6749 error code from `spec`'s authorization server.
+
+    Only the code is used: the server's free text (`error_description`) never reaches the model.
+    """
+    name = spec.display_name or spec.name
+    if error == "access_denied":
+        return ConnectDeniedError("The user did not grant access.", provider=spec.name)
+    if error == "invalid_scope":
+        return InvalidArgumentsError(
+            f"{name} refused the requested scopes (invalid_scope); connect again with scopes from: "
+            f"{', '.join(spec.requestable_scopes()) or 'none'}.", provider=spec.name)
+    if error in _CLIENT_ERRORS:
+        return OAuthClientRejectedError(
+            f"{name} refused this deployment's OAuth client ({error}); an operator must check the {spec.name} "
+            "client id, secret and redirect URI.", provider=spec.name)
+    if error in _TRANSIENT_ERRORS:
+        return UpstreamUnreachableError(f"{name}'s authorization server is unavailable ({error}); try again later.",
+                                        provider=spec.name)
+    if error == "invalid_grant":
+        return ConnectError(f"{name} refused the authorization code (invalid_grant); start connect again.",
+                            provider=spec.name)
+    return ConnectError(f"{name} refused the sign-in with an unrecognised error; start connect again.",
+                        provider=spec.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +150,7 @@ async def _token_request(http: httpx.AsyncClient, spec: ProviderSpec, form: dict
             last = type(exc).__name__
         else:
             if response.status_code < 500 and response.status_code != 429:
-                return _parse_token_response(response)
+                return _parse_token_response(response, spec)
             last = f"HTTP {response.status_code}"
         if delay is None:
             break
@@ -119,7 +161,7 @@ async def _token_request(http: httpx.AsyncClient, spec: ProviderSpec, form: dict
     raise UpstreamUnreachableError(f"{name}'s token endpoint is unavailable ({last}); try again later.")
 
 
-def _parse_token_response(response: httpx.Response) -> TokenSet:
+def _parse_token_response(response: httpx.Response, spec: ProviderSpec) -> TokenSet:
     try:
         data = response.json()
     except ValueError:
@@ -128,7 +170,9 @@ def _parse_token_response(response: httpx.Response) -> TokenSet:
     if error or response.status_code >= 400 or (isinstance(data, dict) and data.get("ok") is False):
         if error in ("invalid_grant", "invalid_token", "invalid_code", "expired_token"):
             raise InvalidGrant(str(error))
-        raise ConnectError(f"The token endpoint refused the request: {error or response.status_code}.")
+        if isinstance(error, str) and error in KNOWN_ERRORS:
+            raise oauth_error(error, spec)
+        raise ConnectError(f"The token endpoint refused the request (HTTP {response.status_code}).")
     return TokenSet.from_response(data)
 
 

@@ -15,7 +15,10 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+# Version 4 binds each grant's ciphertext to its grant id, owner and provider (re-sealed on open,
+# see `GRANT_RESEAL_PENDING`) and records a typed error code for a failed connect flow.
+GRANT_RESEAL_PENDING = "grant_reseal_pending"
 
 metadata = MetaData()
 
@@ -68,7 +71,11 @@ connect_sessions = Table(
     Column("error", Text),
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
+    Column("error_code", String(64)),
+    # The browser a server-hosted connect link was opened in (a hash); "" = not opened yet, NULL = unbound.
+    Column("browser", String(64)),
 )
+Index("ix_alter_connect_sessions_owner", connect_sessions.c.owner, connect_sessions.c.expires_at)
 
 audit = Table(
     "alter_audit",

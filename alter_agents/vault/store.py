@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, event, insert, inspect, select, text, update
+from sqlalchemy import Connection, delete, event, func, insert, inspect, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -26,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from alter_agents.errors import ConfigurationError, VaultUnavailableError
 from alter_agents.models import ConnectResult, Grant
 from alter_agents.vault import schema
+from alter_agents.vault.crypto import make_private_dir
 from alter_agents.vault.schema import audit, connect_sessions, grants, meta
 
 _BUSY_TIMEOUT_MS = 30_000
@@ -44,8 +46,19 @@ def _v2_to_v3(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=list(schema.V3_TABLES))  # checkfirst: safe in any order
 
 
+def _v3_to_v4(conn: Connection) -> None:
+    """Typed connect errors, and a flag asking the next open (which has the key) to re-seal the grants."""
+    columns = {c["name"] for c in inspect(conn).get_columns(connect_sessions.name)}
+    for column in ("error_code", "browser"):
+        if column not in columns:
+            conn.execute(text(f"ALTER TABLE {connect_sessions.name} ADD COLUMN {column} VARCHAR(64)"))
+    for index in connect_sessions.indexes:
+        index.create(conn, checkfirst=True)
+    conn.execute(insert(meta).values(key=schema.GRANT_RESEAL_PENDING, value=b"1"))
+
+
 # Upgrades from version N to N+1, applied in order to stores written by older releases.
-_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def _ts(value: float | None) -> datetime | None:
@@ -72,6 +85,8 @@ class ConnectSessionRow:
     error: str | None
     created_at: float
     expires_at: float
+    error_code: str | None = None
+    browser: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +146,7 @@ class Store:
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
         if self.dialect == "sqlite" and parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _create_private_file(Path(parsed.database))
         kwargs: dict[str, Any] = {}
         if self.dialect == "postgresql":
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
@@ -354,6 +369,7 @@ class Store:
                     status=row.status,
                     created_at=row.created_at,
                     expires_at=row.expires_at,
+                    browser=row.browser,
                 )
             )
 
@@ -378,7 +394,20 @@ class Store:
             error=m["error"],
             created_at=m["created_at"],
             expires_at=m["expires_at"],
+            error_code=m["error_code"],
+            browser=m["browser"],
         )
+
+    async def bind_connect_browser(self, session_id: str, browser: str) -> bool:
+        """Record the one browser a connect link was opened in; False if it was opened already."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(connect_sessions)
+                .where(connect_sessions.c.session_id == session_id, connect_sessions.c.browser == "",
+                       connect_sessions.c.status == "pending", connect_sessions.c.expires_at >= time.time())
+                .values(browser=browser)
+            )
+        return bool(result.rowcount)
 
     async def claim_connect_session(self, session_id: str) -> bool:
         """Move a pending session to `exchanging` so one callback, and only one, completes it."""
@@ -391,14 +420,63 @@ class Store:
         return bool(result.rowcount)
 
     async def finish_connect_session(
-        self, session_id: str, status: str, *, result: ConnectResult | None = None, error: str | None = None
+        self, session_id: str, status: str, *, result: ConnectResult | None = None, error: str | None = None,
+        error_code: str | None = None,
     ) -> None:
         async with self._write() as conn:
             await conn.execute(
                 update(connect_sessions)
                 .where(connect_sessions.c.session_id == session_id)
-                .values(status=status, result=result.model_dump_json() if result else None, error=error)
+                .values(status=status, result=result.model_dump_json() if result else None, error=error,
+                        error_code=error_code)
             )
+
+    async def live_connect_sessions(self, owner: str, *, expired_before: float) -> int:
+        """Drop flows that expired before `expired_before`; count `owner`'s flows still open."""
+        now = time.time()
+        async with self._write() as conn:
+            await conn.execute(delete(connect_sessions).where(connect_sessions.c.expires_at < expired_before))
+            count = await conn.scalar(
+                select(func.count()).select_from(connect_sessions).where(
+                    connect_sessions.c.owner == owner, connect_sessions.c.expires_at >= now,
+                    connect_sessions.c.status.in_(("pending", "exchanging")),
+                )
+            )
+        return int(count or 0)
+
+    # -- re-sealing grants (schema version 3) -----------------------------------------------
+
+    async def reseal_grants(self, reseal: Callable[[StoredGrant], bytes | None]) -> int:
+        """Once per store: replace each grant's ciphertext by `reseal(grant)` (None keeps it).
+
+        Runs only while the `GRANT_RESEAL_PENDING` flag is set, in one transaction that clears it, so
+        processes opening the store together re-seal it once.
+        """
+        async with self._write() as conn:
+            if self.dialect == "postgresql":
+                await conn.execute(text("SELECT pg_advisory_xact_lock(7261002)"))
+            pending = await conn.scalar(select(meta.c.key).where(meta.c.key == schema.GRANT_RESEAL_PENDING))
+            if pending is None:
+                return 0
+            rows = [_grant(row) for row in (await conn.execute(select(grants))).all()]
+            changed = 0
+            for stored in rows:
+                sealed = reseal(stored)
+                if sealed is not None:
+                    await conn.execute(
+                        update(grants).where(grants.c.grant_id == stored.grant.grant_id).values(secret=sealed)
+                    )
+                    changed += 1
+            await conn.execute(delete(meta).where(meta.c.key == schema.GRANT_RESEAL_PENDING))
+        self._wrote_grants()
+        return changed
+
+    async def holds_secrets(self) -> bool:
+        """Whether anything in the store was sealed with a key (a key check row or any grant)."""
+        async with self._read() as conn:
+            check = await conn.scalar(select(meta.c.key).where(meta.c.key == "key_check"))
+            grant = await conn.scalar(select(grants.c.grant_id).limit(1))
+        return check is not None or grant is not None
 
     # -- audit -------------------------------------------------------------------------------
 
@@ -458,6 +536,16 @@ def _outage(exc: DBAPIError | OSError) -> VaultUnavailableError | None:
     else:
         reason = type(exc).__name__
     return VaultUnavailableError(f"The vault's database is unavailable right now ({reason}); try again shortly.")
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the SQLite file 0600 in a 0700 directory before SQLite does (it follows the umask).
+
+    SQLite gives its -wal and -shm files the database file's permissions, so they are private too.
+    """
+    make_private_dir(path.parent)
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _migrate_sync(conn: Connection) -> int:
