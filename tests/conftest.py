@@ -137,7 +137,6 @@ token_url = "{oauth.url}/token"
 client_id = "{client_id}"
 client_secret = "{client_secret}"
 scopes = ["read"]
-allowed_scopes = ["read", "write"]
 authorize_params = {{}}
 account = {{ url = "{upstream.url}/user", field = "{field}", display_field = "name" }}
 """)

@@ -65,6 +65,9 @@ async def test_insufficient_scope_then_connect_upgrades_the_same_grant_and_the_c
 ) -> None:
     """403 insufficient_scope → the error → connect with the scope → same grant id, union of scopes → success."""
     d = sqlite_deployment
+    providers = Path(d.env["ALTER_PROVIDERS_FILE"])  # the operator allows `write` to be asked for
+    providers.write_text(providers.read_text().replace(
+        'scopes = ["read"]\n', 'scopes = ["read"]\nallowed_scopes = ["read", "write"]\n', 1))
     alice = d.idp.issue("alice")
     async with d.app() as app:
         first = await link(app, abrowser, "github", "alice-gh", alice)
