@@ -283,29 +283,6 @@ async def providers(as_json: bool) -> None:
     _emit(rows, ["provider", "kind", "hosts", "configured"], as_json)
 
 
-@main.command()
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
-@click.option("--grant", "grant_id", help="Only this grant.")
-@json_option
-@_run
-async def audit(limit: int, grant_id: str | None, as_json: bool) -> None:
-    """Recent credential releases and outgoing calls."""
-    vault = LocalVault()
-    try:
-        entries = await vault.audit(limit, grant_id)
-    finally:
-        await vault.aclose()
-    rows = [
-        {"at": e.at.isoformat(timespec="seconds"), "action": e.action, "principal": e.principal,
-         "provider": e.provider, "grant_id": e.grant_id, "method": e.method, "host": e.host, "path": e.path,
-         "status": e.status, "latency_ms": round(e.latency_ms, 1) if e.latency_ms is not None else None,
-         "detail": e.detail}
-        for e in entries
-    ]
-    _emit(rows, ["at", "action", "principal", "provider", "grant_id", "method", "host", "path", "status",
-                 "latency_ms"], as_json)
-
-
 @main.group()
 def vault() -> None:
     """Run the vault as a service (the alter-sdk wire protocol over HTTP)."""
@@ -409,3 +386,12 @@ def mcp(ctx: click.Context) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _register_audit() -> None:
+    from alter_agents.cli_audit import audit
+
+    main.add_command(audit)
+
+
+_register_audit()

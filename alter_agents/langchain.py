@@ -46,6 +46,7 @@ from alter_agents.tools import (
 __all__ = ["AlterToolkit", "interrupt_approver", "user_config"]
 
 USER_TOKEN_KEY = "user_token"
+_TOOL_RUN_ID = "alter_tool_run_id"
 
 
 def user_config(user_token: str, **configurable: Any) -> RunnableConfig:
@@ -110,6 +111,13 @@ class _AlterTool(StructuredTool):
             f"The {self.name!r} tool is async: call `await tool.ainvoke(...)` (or run your agent with "
             "`ainvoke`/`astream`). It shares the App's event loop, so it has no sync `invoke`."
         )
+
+    async def _arun(self, *args: Any, config: RunnableConfig, run_manager: Any = None, **kwargs: Any) -> Any:
+        """Hand the body this tool run's id (for the audit row), which LangChain keeps in its run manager."""
+        if run_manager is not None:
+            metadata = {**(config.get("metadata") or {}), _TOOL_RUN_ID: str(run_manager.run_id)}
+            config = {**config, "metadata": metadata}
+        return await super()._arun(*args, config=config, run_manager=run_manager, **kwargs)
 
     async def arun(self, tool_input: Any, *args: Any, **kwargs: Any) -> Any:
         output = await super().arun(tool_input, *args, **kwargs)
@@ -227,7 +235,7 @@ def _correlation(config: RunnableConfig | None, tool: str | None) -> Correlation
     configurable = config.get("configurable") or {}
     metadata = config.get("metadata") or {}
     run_id = config.get("run_id") or configurable.get("run_id") or metadata.get("run_id") \
-        or getattr(config.get("callbacks"), "parent_run_id", None)
+        or metadata.get(_TOOL_RUN_ID) or getattr(config.get("callbacks"), "parent_run_id", None)
     thread_id = configurable.get("thread_id") or metadata.get("thread_id")
     traceparent = configurable.get("traceparent") or metadata.get("traceparent")
     return Correlation(surface="langchain", tool=tool, run_id=str(run_id) if run_id else None,

@@ -67,3 +67,12 @@ def metrics_endpoint(
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return endpoint
+
+
+def reauth_gauge(count: Callable[[], Awaitable[int]]) -> Callable[[], Awaitable[None]]:
+    """A `before` hook that refreshes the grants-needing-reauthorisation gauge from the store at scrape time."""
+
+    async def update() -> None:
+        REAUTH_GRANTS.set(await count())
+
+    return update

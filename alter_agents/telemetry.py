@@ -63,8 +63,9 @@ def _extract(traceparent: str, tracestate: str | None = None) -> otel_context.Co
 
 @contextlib.contextmanager
 def span(name: str, correlation: Correlation | None = None, **attributes: Any) -> Iterator[trace.Span]:
-    """A span as a child of the caller's trace (its `traceparent`) or of the current span."""
-    parent = _extract(correlation.traceparent) if correlation and correlation.traceparent else None
+    """A span as a child of the current span, or, at the top of our work, of the caller's trace (`traceparent`)."""
+    inside = trace.get_current_span().get_span_context().is_valid
+    parent = _extract(correlation.traceparent) if correlation and correlation.traceparent and not inside else None
     clean = {f"alter.{k}": v for k, v in attributes.items() if v is not None}
     with _tracer.start_as_current_span(name, context=parent, attributes=clean) as current:
         yield current

@@ -7,11 +7,13 @@ Sessions of 2025-11-25 clients live in the replica that opened them: behind seve
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -22,12 +24,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp
 
+from alter_agents import metrics
 from alter_agents.app import App
 from alter_agents.errors import ConnectError
 from alter_agents.grant_tools import GrantTool
 from alter_agents.sessions import Session
 from alter_agents.settings import Settings
 from alter_agents.tools import DEFAULT_CONNECT_WAIT
+from alter_agents.upstream import is_loopback
 from alter_agents.vault.connect import CONNECT_TTL_SECONDS, START_PATH, ConnectFlows
 from alter_agents.vault.identity import JWTVerifier
 from alter_agents.vault.local import LocalVault
@@ -74,6 +78,7 @@ def build_http(app: App, session: Session, *, host: str, port: int, public_url: 
                           state_keys=state_keys, extra_tools=extra_tools)
     if isinstance(app.vault, LocalVault):
         _add_callback_route(server, app.vault)
+    _add_metrics_route(server, app, host, token)
     asgi: ASGIApp = server.streamable_http_app(
         transport_security=_transport_security(host, public_url, allowed_hosts), host=host)
     asgi = SessionQuota(asgi, server.session_manager, sessions_per_user)
@@ -129,6 +134,24 @@ def bind(host: str, port: int) -> socket.socket:
     sock.bind((host, port))
     sock.listen(2048)  # queue clients that connect before uvicorn takes over the socket
     return sock
+
+
+def _add_metrics_route(server: Any, app: App, host: str, local_token: str | None) -> None:
+    """`/metrics` for Prometheus: on by default on loopback only; a public one needs ALTER_METRICS_TOKEN.
+    In local mode the printed bearer token guards it like everything else this server serves."""
+    if not metrics.metrics_enabled(os.environ.get("ALTER_METRICS"), host):
+        return
+    vault = app.vault
+
+    async def before() -> None:
+        sessions = getattr(server.session_manager, "_server_instances", None)  # the SDK keeps no public count
+        metrics.SESSIONS.labels("mcp").set(len(sessions) if sessions is not None else 0)
+        if isinstance(vault, LocalVault):
+            metrics.REAUTH_GRANTS.set(await vault.store.count_grants("needs_reauth"))
+
+    endpoint = metrics.metrics_endpoint(os.environ.get("ALTER_METRICS_TOKEN") or local_token,
+                                        public=not is_loopback(host), before=before)
+    server.custom_route("/metrics", methods=["GET"])(endpoint)
 
 
 def _jwt_verifier(app: App, settings: Settings) -> JWTTokenVerifier | None:

@@ -7,6 +7,7 @@ exception handlers. The browser routes (connect page, OAuth callback) and `/heal
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.routing import Route
 
+from alter_agents import metrics
 from alter_agents.errors import AlterError
 from alter_agents.server import endpoints, responses
 from alter_agents.server.auth import SignedKeyBackend, on_refused
@@ -28,6 +30,7 @@ from alter_agents.server.keys import ApiKeys
 from alter_agents.server.limits import SignedBodyLimit
 from alter_agents.server.nonces import NonceLedger
 from alter_agents.settings import Settings
+from alter_agents.upstream import is_loopback
 from alter_agents.vault.local import LocalVault
 
 ROUTES = [
@@ -44,8 +47,13 @@ ROUTES = [
 ]
 
 
-def create_app(vault: LocalVault | None = None, *, settings: Settings | None = None) -> Starlette:
-    """The ASGI app. Its settings' `public_url` is where browsers reach it (connect page, callback)."""
+def create_app(vault: LocalVault | None = None, *, settings: Settings | None = None,
+               host: str = "127.0.0.1") -> Starlette:
+    """The ASGI app. Its settings' `public_url` is where browsers reach it (connect page, callback).
+
+    `/metrics` (Prometheus) is served when `ALTER_METRICS` allows it for `host` (by default only on a
+    loopback interface); on a public one it needs `ALTER_METRICS_TOKEN` as a bearer token.
+    """
     vault = vault or LocalVault(settings)
     public_url = vault.settings.public_url or "http://127.0.0.1:8780"
     nonces = NonceLedger(vault.store)
@@ -59,8 +67,14 @@ def create_app(vault: LocalVault | None = None, *, settings: Settings | None = N
             await nonces.aclose()
             await vault.aclose()
 
+    routes = list(ROUTES)
+    if metrics.metrics_enabled(os.environ.get("ALTER_METRICS"), host):
+        store = vault.store
+        endpoint = metrics.metrics_endpoint(os.environ.get("ALTER_METRICS_TOKEN"), public=not is_loopback(host),
+                                            before=metrics.reauth_gauge(lambda: store.count_grants("needs_reauth")))
+        routes.append(Route("/metrics", endpoint, methods=["GET"]))
     app = Starlette(
-        routes=ROUTES, lifespan=lifespan,
+        routes=routes, lifespan=lifespan,
         middleware=[
             Middleware(SignedBodyLimit),
             Middleware(AuthenticationMiddleware, backend=SignedKeyBackend(ApiKeys(vault.store), nonces),
@@ -87,7 +101,7 @@ def serve(host: str = "127.0.0.1", port: int = 8780, settings: Settings | None =
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     base_url = f"http://{shown}:{sock.getsockname()[1]}"
     settings = replace(settings, public_url=settings.public_url or base_url)
-    app = create_app(settings=settings)
+    app = create_app(settings=settings, host=host)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     print(f"alter-agents vault server listening on {base_url}", flush=True)
     anyio.run(uvicorn.Server(config).serve, [sock])

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
+from alter_agents import telemetry
 from alter_agents.approval import is_pass_through
 from alter_agents.errors import AlterError, AmbiguousGrantError, NotConnectedError
 from alter_agents.models import AccountRef, ApiResponse, ToolErrorPayload
@@ -59,12 +61,14 @@ class RequestTool(ToolsBase):
 
     async def request(self, args: GrantRequestArgs | dict[str, Any], call: CallContext | None = None) -> RequestResult:
         """Resolve the grant for the call, send it, shape the response. Raises typed `AlterError`s with `sent`."""
-        return await _with_sent(self._shaped(args, call))
+        with _tool_span(self._context(call)):
+            return await _with_sent(self._shaped(args, call))
 
     async def respond(self, args: GrantRequestArgs | dict[str, Any], call: CallContext | None = None
                       ) -> tuple[ApiResponse, str | None]:
         """`request` before shaping: the httpx response (as `App.request` returns it) and a note for the model."""
-        return await _with_sent(self._respond(args, call))
+        with _tool_span(self._context(call)):
+            return await _with_sent(self._respond(args, call))
 
     async def _shaped(self, args: GrantRequestArgs | dict[str, Any], call: CallContext | None) -> RequestResult:
         return self._shape(*await self._respond(args, call))
@@ -200,3 +204,10 @@ def _names(ref: AccountRef, chosen: str) -> bool:
 def _tool_name(ctx: CallContext) -> str:
     """The tool that made the call: `request`, unless a custom tool named itself in the correlation."""
     return ctx.correlation.tool if ctx.correlation and ctx.correlation.tool else "request"
+
+
+def _tool_span(ctx: CallContext) -> AbstractContextManager[Any]:
+    """The tool call's span: the parent of resolve, refresh and the upstream call (OpenTelemetry)."""
+    correlation = ctx.correlation or Correlation(surface="tools")
+    return telemetry.span("alter.tool", correlation, tool=_tool_name(ctx), surface=correlation.surface,
+                          session_id=correlation.session_id, run_id=correlation.run_id)

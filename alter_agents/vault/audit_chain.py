@@ -24,12 +24,13 @@ _CONTEXT = b"alter-audit-chain-v1"
 # The columns a row's hash covers, in order. Adding a column appends here (old rows hash it as null).
 CHAINED = (
     "seq", "at", "action", "principal", "grant_id", "provider", "method", "host", "path", "status",
-    "latency_ms", "detail",
+    "latency_ms", "detail", "surface", "tool", "session_id", "request_id", "run_id", "thread_id", "trace_id",
+    "outcome",
 )
 
 
 def chain_key(vault_key: bytes) -> bytes:
-    """A key for the chain only, derived from the vault key (never the vault key itself)."""
+    """A key for the chain only, derived from the raw vault key (as `crypto.derive` does)."""
     return hmac.new(vault_key, _CONTEXT, hashlib.sha256).digest()
 
 

@@ -104,6 +104,14 @@ def load_or_create_key(key: str | None, key_file: Path) -> str:
     return read_key_file(key_file) or create_key_file(key_file)
 
 
+def derive(key: str, purpose: bytes) -> bytes:
+    """A key for one purpose (the audit chain, sealed states), derived from the vault key, never the key itself."""
+    import hashlib
+    import hmac
+
+    return hmac.new(_decode_key(key), purpose, hashlib.sha256).digest()
+
+
 class Cipher:
     """Encrypts credentials; `aad` ties a ciphertext to the row it belongs to."""
 

@@ -12,6 +12,7 @@ from dataclasses import replace
 import anyio
 import httpx
 
+from alter_agents import metrics, telemetry
 from alter_agents.approval import Approver
 from alter_agents.errors import (
     GrantNotFoundError,
@@ -38,9 +39,11 @@ from alter_agents.settings import Settings
 from alter_agents.telemetry import Correlation
 from alter_agents.vault import oauth
 from alter_agents.vault.audit import AuditWriter
+from alter_agents.vault.audit_chain import ChainReport
+from alter_agents.vault.audit_ledger import AuditFilter
 from alter_agents.vault.cache import GrantCache
 from alter_agents.vault.connect import ConnectFlows, ProgressCallback
-from alter_agents.vault.crypto import Cipher, grant_binding
+from alter_agents.vault.crypto import Cipher, derive, grant_binding
 from alter_agents.vault.device_flows import DeviceFlows
 from alter_agents.vault.gate import PolicyGate
 from alter_agents.vault.identity import Identity, JWTVerifier
@@ -102,6 +105,7 @@ class LocalVault:
                     "Nothing was changed; see 'Recovering the vault key' in docs/vault.md."
                 )
             await self.store.reseal_grants(functools.partial(reseal, cipher))
+            self.store.audit_key = derive(key, b"alter-audit-chain-v1")
             self._cipher_obj = cipher
 
     def _cipher(self) -> Cipher:
@@ -312,15 +316,20 @@ class LocalVault:
                 await self._release_lease(grant_id)
                 return self._open_secret(current)
             secret = self._open_secret(current)
-            tokens = await oauth.refresh(self._http, spec, secret["refresh_token"] or "")
+            with telemetry.span("alter.refresh", provider=spec.name, grant_id=grant_id):
+                tokens = await oauth.refresh(self._http, spec, secret["refresh_token"] or "")
         except oauth.InvalidGrant:
+            metrics.REFRESHES.labels(spec.name, "reauth").inc()
             with anyio.CancelScope(shield=True):
                 await self.store.finish_refresh(grant_id, secret=None, expires_at=None, status="needs_reauth")
                 await self.store.record("refresh", grant_id=grant_id, provider=spec.name, detail="invalid_grant")
             raise ReauthRequiredError(current.grant.provider, current.grant.account) from None
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                metrics.REFRESHES.labels(spec.name, "failed").inc()
             await self._release_lease(grant_id)
             raise
+        metrics.REFRESHES.labels(spec.name, "ok").inc()
         new = {"access_token": tokens.access_token,
                "refresh_token": tokens.refresh_token or secret.get("refresh_token")}
         grant = current.grant
@@ -435,6 +444,24 @@ class LocalVault:
             method=method.upper(), host=host, path=path, status=status,
             latency_ms=latency_ms, detail=error, **(correlation.audit_fields() if correlation else {}),
         )
+
+    async def audit_query(self, where: AuditFilter) -> list[AuditEntry]:
+        """Audit rows matching `where`, newest first (rows still queued are written first)."""
+        await self.open()
+        await self.audit_log.flush()
+        return await self.store.audit_query(where)
+
+    async def audit_prune(self, before: float) -> int:
+        """Delete rows older than `before` (a retention policy); the chain still verifies from its anchor."""
+        await self.open()
+        await self.audit_log.flush()
+        return await self.store.audit_prune(before)
+
+    async def audit_verify(self) -> tuple[ChainReport, int]:
+        """Check the audit log's hash chain: the first row changed, removed or inserted, if any."""
+        await self.open()
+        await self.audit_log.flush()
+        return await self.store.audit_verify()
 
     async def audit(self, limit: int = 100, grant_id: str | None = None) -> list[AuditEntry]:
         await self.open()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Float,
     Index,
@@ -15,7 +16,9 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+AUDIT_CORRELATION = ("surface", "tool", "session_id", "request_id", "run_id", "thread_id", "trace_id")
+AUDIT_V5_COLUMNS = (*AUDIT_CORRELATION, "outcome", "seq", "prev_hash", "hash")
 # Version 4 binds each grant's ciphertext to its grant id, owner and provider (re-sealed on open,
 # see `GRANT_RESEAL_PENDING`) and records a typed error code for a failed connect flow.
 GRANT_RESEAL_PENDING = "grant_reseal_pending"
@@ -92,8 +95,15 @@ audit = Table(
     Column("status", Integer),
     Column("latency_ms", Float),
     Column("detail", Text),
+    # version 5: correlation (which run, session, trace) and tamper evidence (a keyed hash chain)
+    *[Column(name, String(128)) for name in AUDIT_CORRELATION],
+    Column("outcome", String(64)),
+    Column("seq", BigInteger),
+    Column("prev_hash", String(64)),
+    Column("hash", String(64)),
 )
 Index("ix_alter_audit_at", audit.c.at)
+Index("ix_alter_audit_seq", audit.c.seq)
 
 # -- version 2: the vault server (API keys, request nonces, hosted connect sessions) -------------
 

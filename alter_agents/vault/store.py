@@ -26,7 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from alter_agents.errors import ConfigurationError, VaultUnavailableError
 from alter_agents.models import ConnectResult, Grant
-from alter_agents.vault import schema
+from alter_agents.vault import audit_ledger, schema
+from alter_agents.vault.audit_chain import GENESIS, ChainReport
 from alter_agents.vault.crypto import make_private_dir
 from alter_agents.vault.schema import audit, connect_sessions, grants, meta
 
@@ -57,8 +58,27 @@ def _v3_to_v4(conn: Connection) -> None:
     conn.execute(insert(meta).values(key=schema.GRANT_RESEAL_PENDING, value=b"1"))
 
 
+def _v4_to_v5(conn: Connection) -> None:
+    """Audit correlation and tamper evidence: new columns; rows written before stay outside the chain."""
+    columns = {c["name"] for c in inspect(conn).get_columns(audit.name)}
+    for name in schema.AUDIT_V5_COLUMNS:
+        if name not in columns:
+            kind = "BIGINT" if name == "seq" else "VARCHAR(128)"
+            conn.execute(text(f"ALTER TABLE {audit.name} ADD COLUMN {name} {kind}"))
+    for index in audit.indexes:
+        index.create(conn, checkfirst=True)
+    _start_audit_chain(conn)
+
+
+def _start_audit_chain(conn: Connection) -> None:
+    """The chain's head row exists from the start, so every writer has a row to lock; older rows are legacy."""
+    legacy = int(conn.scalar(select(func.max(audit.c.id))) or 0)
+    conn.execute(insert(meta).values(key=audit_ledger.LEGACY_KEY, value=str(legacy).encode()))
+    conn.execute(insert(meta).values(key=audit_ledger.HEAD_KEY, value=f"0:{GENESIS}".encode()))
+
+
 # Upgrades from version N to N+1, applied in order to stores written by older releases.
-_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
 
 
 def _ts(value: float | None) -> datetime | None:
@@ -102,6 +122,20 @@ class AuditEntry:
     status: int | None
     latency_ms: float | None
     detail: str | None
+    outcome: str | None = None
+    surface: str | None = None
+    tool: str | None = None
+    session_id: str | None = None
+    request_id: str | None = None
+    run_id: str | None = None
+    thread_id: str | None = None
+    trace_id: str | None = None
+    seq: int | None = None
+
+
+_AUDIT_ENTRY_FIELDS = ("action", "principal", "grant_id", "provider", "method", "host", "path", "status",
+                       "latency_ms", "detail", "outcome", "surface", "tool", "session_id", "request_id", "run_id",
+                       "thread_id", "trace_id", "seq")
 
 
 def _grant(row: Any) -> StoredGrant:
@@ -143,6 +177,7 @@ class Store:
     """Persistence for grants, connect sessions and the audit log. Knows nothing of crypto or OAuth."""
 
     def __init__(self, url: str) -> None:
+        self.audit_key: bytes | None = None  # the audit chain's key; the vault sets it when it opens with its key
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
         if self.dialect == "sqlite" and parsed.database and parsed.database != ":memory:":
@@ -481,49 +516,38 @@ class Store:
     # -- audit -------------------------------------------------------------------------------
 
     async def record(self, action: str, **fields: Any) -> None:
-        async with self._write() as conn:
-            await conn.execute(insert(audit).values(at=time.time(), action=action, **fields))
+        await self.record_many([{"at": time.time(), "action": action, **fields}])
 
     async def record_many(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert audit rows (each with `at` and `action`) in one transaction.
-
-        A plain driver-level executemany: SQLAlchemy's per-row parameter processing costs several
-        times the insert itself, and these columns need no conversion.
-        """
+        """Append audit rows (each with `at` and `action`) to the hash chain, in one transaction."""
         if not rows:
             return
-        columns = [c.name for c in audit.columns if c.name != "id"]
-        style = self.engine.dialect.paramstyle
-        marks = [f"${i}" if style == "numeric_dollar" else "?" if style == "qmark" else "%s"
-                 for i in range(1, len(columns) + 1)]
-        sql = f"INSERT INTO {audit.name} ({', '.join(columns)}) VALUES ({', '.join(marks)})"  # noqa: S608 (names are ours)
-        values = [tuple(row.get(c) for c in columns) for row in rows]
         async with self._write() as conn:
-            await conn.exec_driver_sql(sql, values)
+            await audit_ledger.append(conn, rows, self.audit_key)
+
+    async def count_grants(self, status: str) -> int:
+        async with self._read() as conn:
+            return int(await conn.scalar(select(func.count()).select_from(grants).where(grants.c.status == status))
+                       or 0)
 
     async def audit_entries(self, limit: int = 100, grant_id: str | None = None) -> list[AuditEntry]:
-        query = select(audit).order_by(audit.c.id.desc()).limit(limit)
-        if grant_id:
-            query = query.where(audit.c.grant_id == grant_id)
-        async with self._read() as conn:
-            rows = (await conn.execute(query)).all()
-        return [
-            AuditEntry(
-                at=datetime.fromtimestamp(r.at, UTC),
-                action=r.action,
-                principal=r.principal,
-                grant_id=r.grant_id,
-                provider=r.provider,
-                method=r.method,
-                host=r.host,
-                path=r.path,
-                status=r.status,
-                latency_ms=r.latency_ms,
-                detail=r.detail,
-            )
-            for r in rows
-        ]
+        return await self.audit_query(audit_ledger.AuditFilter(limit=limit, grant_id=grant_id))
 
+    async def audit_query(self, where: audit_ledger.AuditFilter) -> list[AuditEntry]:
+        async with self._read() as conn:
+            rows = await audit_ledger.entries(conn, where)
+        return [AuditEntry(at=datetime.fromtimestamp(r["at"], UTC),
+                           **{k: r[k] for k in _AUDIT_ENTRY_FIELDS}) for r in rows]
+
+    async def audit_prune(self, before: float) -> int:
+        async with self._write() as conn:
+            return await audit_ledger.prune(conn, before)
+
+    async def audit_verify(self) -> tuple[ChainReport, int]:
+        if self.audit_key is None:
+            raise RuntimeError("the audit chain's key is set when the vault opens")
+        async with self._read() as conn:
+            return await audit_ledger.verify(conn, self.audit_key)
 
 def _outage(exc: DBAPIError | OSError) -> VaultUnavailableError | None:
     """A database that is down, restarting or unreachable becomes a typed, retryable error; bugs stay as they are."""
@@ -553,6 +577,7 @@ def _migrate_sync(conn: Connection) -> int:
     if not inspector.has_table(schema.schema_version.name):
         schema.metadata.create_all(conn)
         conn.execute(insert(schema.schema_version).values(version=schema.SCHEMA_VERSION))
+        _start_audit_chain(conn)
         return schema.SCHEMA_VERSION
     version = int(conn.scalar(select(schema.schema_version.c.version)) or 0)
     if version > schema.SCHEMA_VERSION:
