@@ -24,6 +24,9 @@ def _examples() -> list[AlterError]:
         e.InvalidArgumentsError("bad"), e.UnauthenticatedError("no"), e.UpstreamTimeoutError("slow"),
         e.UpstreamUnreachableError("down"), e.ConnectTimeoutError("late"), e.ConnectDeniedError("no"),
         e.RateLimitedError("slow down"), e.ConfigurationError("broken"),
+        e.PolicyDeniedError("no", provider="github", rule="r"),
+        e.ApprovalRequiredError("github", "POST", "https://api.github.com/x", "r", "octo"),
+        e.InsufficientScopeError("github", "octo", 403, ["read"], ["repo"]),
     ]
 
 
