@@ -330,11 +330,12 @@ def _key_row(info: Any) -> dict[str, Any]:
 
 @keys.command("create")
 @click.option("--name", help="What the key is for, e.g. the service that uses it.")
+@click.option("--admin", is_flag=True, help="An admin key: may also export the audit log (alter_ak_…).")
 @json_option
 @_run
-async def keys_create(name: str | None, as_json: bool) -> None:
+async def keys_create(name: str | None, admin: bool, as_json: bool) -> None:
     """Mint an API key. It is shown once; the vault keeps only its hash."""
-    key, info = await _with_keys(lambda api: api.create(name))
+    key, info = await _with_keys(lambda api: api.create(name, kind="ak" if admin else "rk"))
     if as_json:
         click.echo(json.dumps({"api_key": key, **_key_row(info)}, indent=2))
     else:

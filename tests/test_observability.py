@@ -292,3 +292,29 @@ async def test_the_audit_write_stays_off_the_request_path(
         assert queued == before  # the call returned before its row was written
         rows = await app.vault.audit(limit=5)  # type: ignore[attr-defined]
     assert rows[0].path == "/echo/q" and rows[0].seq is not None
+
+
+async def test_the_vault_server_exports_the_audit_log_to_an_admin_key_only(
+    sqlite_deployment: Deployment, abrowser: AsyncBrowser
+) -> None:
+    from alter_agents.server.signing import sign
+    from tests.fixtures.vault_server import VaultServerProcess
+
+    d = sqlite_deployment.local()
+    await _three_calls(d, abrowser)
+    admin = json.loads(_cli(d, "keys", "create", "--admin", "--name", "auditor", "--json").stdout)["api_key"]
+    plain = json.loads(_cli(d, "keys", "create", "--name", "agent", "--json").stdout)["api_key"]
+    assert admin.startswith("alter_ak_") and plain.startswith("alter_rk_")
+    path = "/sdk/alter/audit/export"
+    body = json.dumps({"provider": "github", "outcome": "http_404"}, separators=(",", ":")).encode()
+    with VaultServerProcess(d.env) as server:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            refused = await client.post(
+                path, content=body, headers={"x-api-key": plain, **sign(plain, "POST", path, body)}
+            )
+            exported = await client.post(
+                path, content=body, headers={"x-api-key": admin, **sign(admin, "POST", path, body)}
+            )
+    assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
+    rows = [json.loads(line) for line in exported.text.splitlines()]
+    assert exported.status_code == 200 and [(r["path"], r["status"]) for r in rows] == [("/status/404", 404)]

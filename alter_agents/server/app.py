@@ -40,6 +40,7 @@ ROUTES = [
     Route("/sdk/oauth/connect/session/poll", endpoints.connect_poll, methods=["POST"]),
     Route("/sdk/oauth/audit/api-call", endpoints.audit_call, methods=["POST"]),
     Route("/sdk/alter/audit/batch", endpoints.audit_batch, methods=["POST"]),
+    Route("/sdk/alter/audit/export", endpoints.audit_export, methods=["POST"]),
     Route("/connect/{link_id}", endpoints.connect_page, methods=["GET"]),
     Route("/connect/{link_id}/{provider}", endpoints.connect_page, methods=["GET"]),
     Route("/oauth/callback", endpoints.oauth_callback, methods=["GET"]),

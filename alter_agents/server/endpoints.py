@@ -32,6 +32,7 @@ from alter_agents.server.wire import (
     PollRequest,
     TokenRequest,
 )
+from alter_agents.vault.audit_ledger import AuditFilter
 from alter_agents.vault.local import LocalVault
 from alter_agents.vault.loopback import page
 from alter_agents.vault.resolve import matches_account
@@ -140,6 +141,21 @@ async def audit_batch(request: Request) -> Response:
     recorded = await _record(vault, req.calls, _caller(request))
     await vault.audit_log.flush()
     return _json(AuditBatchResponse(recorded=recorded))
+
+
+async def audit_export(request: Request) -> Response:
+    """The audit log for an admin key (`alter-agents keys create --admin`): the CLI's filters, JSON Lines out."""
+    caller = _caller(request)
+    if caller.key.kind != "ak":
+        return JSONResponse({"error": "forbidden", "message": "Exporting the audit log needs an admin key "
+                             "(alter-agents keys create --admin)."}, status_code=403)
+    body = json.loads(await request.body() or b"{}")
+    fields = {k: body.get(k) for k in ("since", "until", "principal", "provider", "grant_id", "outcome")}
+    where = AuditFilter(**fields, limit=max(1, min(int(body.get("limit") or 1000), 100_000)))
+    rows = await _context(request).vault.audit_query(where)
+    lines = (json.dumps({**{k: getattr(e, k) for k in e.__dataclass_fields__}, "at": e.at.timestamp()}) + "\n"
+             for e in rows)
+    return Response("".join(lines), media_type="application/x-ndjson")
 
 
 async def _record(vault: LocalVault, calls: list[AuditRequest], caller: ApiKeyUser) -> int:
