@@ -318,3 +318,34 @@ async def test_the_vault_server_exports_the_audit_log_to_an_admin_key_only(
     assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
     rows = [json.loads(line) for line in exported.text.splitlines()]
     assert exported.status_code == 200 and [(r["path"], r["status"]) for r in rows] == [("/status/404", 404)]
+
+
+@pytest.mark.parametrize("store_url", ["sqlite", "postgres"], indirect=True)
+async def test_the_chain_holds_under_concurrent_writers_in_two_processes_worth_of_vaults(
+    deployment: Deployment, abrowser: AsyncBrowser
+) -> None:
+    """Two vaults (as two replicas would) on one store write batches at once; the chain stays one and verifies."""
+    import asyncio
+
+    d = deployment.local()
+    async with d.app() as one, d.app() as two:
+        await one.vault.open()  # type: ignore[attr-defined]
+        await two.vault.open()  # type: ignore[attr-defined]
+
+        async def write(app: App, tag: str) -> None:
+            for batch in range(5):
+                rows = [
+                    {
+                        "at": 1.0 + i,
+                        "action": "call",
+                        "provider": "github",
+                        "path": f"/{tag}/{batch}/{i}",
+                        "status": 200,
+                    }
+                    for i in range(20)
+                ]
+                await app.vault.store.record_many(rows)  # type: ignore[attr-defined]
+
+        await asyncio.gather(write(one, "a"), write(two, "b"), write(one, "c"), write(two, "d"))
+        report, legacy = await two.vault.audit_verify()  # type: ignore[attr-defined]
+    assert report.ok and report.checked == 400 and legacy == 0
