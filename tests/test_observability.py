@@ -349,3 +349,21 @@ async def test_the_chain_holds_under_concurrent_writers_in_two_processes_worth_o
         await asyncio.gather(write(one, "a"), write(two, "b"), write(one, "c"), write(two, "d"))
         report, legacy = await two.vault.audit_verify()  # type: ignore[attr-defined]
     assert report.ok and report.checked == 400 and legacy == 0
+
+
+async def test_traceparent_goes_to_a_provider_only_where_its_spec_opts_in(
+    sqlite_deployment: Deployment, abrowser: AsyncBrowser, spans: InMemorySpanExporter
+) -> None:
+    d = sqlite_deployment.local()
+    async with d.app() as app:
+        grant = await link(app, abrowser, "github", "octo", None)
+        quiet = await app.request("GET", f"{d.upstream.url}/echo/t", grant_id=grant.grant_id, traceparent=TRACEPARENT)
+        assert "traceparent" not in quiet.json()["headers"]
+    providers = Path(d.env["ALTER_PROVIDERS_FILE"])
+    providers.write_text(
+        providers.read_text().replace("[providers.github]\n", "[providers.github]\npropagate_trace = true\n")
+    )
+    async with d.app() as app:
+        told = await app.request("GET", f"{d.upstream.url}/echo/t", grant_id=grant.grant_id, traceparent=TRACEPARENT)
+    sent = told.json()["headers"]["traceparent"]
+    assert sent.startswith(f"00-{TRACE_ID}-") and PARENT_SPAN not in sent  # our span, in the caller's trace
