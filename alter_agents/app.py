@@ -151,8 +151,11 @@ class App:
         content = content if content is not None else body
         if json is not None and content is not None:
             raise InvalidArgumentsError("Pass either json or a body, not both.")
-        correlation = (correlation or Correlation(surface="app")).with_(traceparent=traceparent)
-        with telemetry.span("alter.request", correlation, method=method.upper(), host=_host(url),
+        correlation = correlation or _APP
+        if traceparent:
+            correlation = correlation.with_(traceparent=traceparent)
+        traced = telemetry.tracing()
+        with telemetry.span("alter.request", correlation, method=method.upper(), host=_host(url) if traced else None,
                             provider=provider, surface=correlation.surface, tool=correlation.tool) as current:
             try:
                 return await self._request(
@@ -186,8 +189,7 @@ class App:
         telemetry.set_attributes(current, provider=grant.provider, account=grant.account, grant_id=grant.grant_id)
         note = "; ".join(n for n in (credential.decision, f"reason: {reason}" if reason else None) if n) or None
         try:
-            with telemetry.span("alter.upstream", method=method.upper(), host=_host(url),
-                                provider=grant.provider) as upstream:
+            with telemetry.span("alter.upstream", method=method.upper(), provider=grant.provider) as upstream:
                 response, latency = await self.upstream.send(
                     credential, method, url, query=query, headers=headers, json=json, content=content,
                     extra_headers=telemetry.outgoing_trace_headers() if self._propagates(grant.provider) else None,
@@ -284,6 +286,9 @@ async def _announce(start: ConnectStart, open_browser: bool, on_url: UrlCallback
     opened = open_browser and await anyio.to_thread.run_sync(webbrowser.open, start.connect_url)
     if not opened:
         print(f"Open this URL to connect {start.provider}:\n  {start.connect_url}", file=sys.stderr, flush=True)
+
+
+_APP = Correlation(surface="app")
 
 
 def _host(url: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -33,7 +33,8 @@ class Correlation:
     traceparent: str | None = None  # W3C trace context of the caller, when one arrived
 
     def with_(self, **changes: Any) -> Correlation:
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        kept = {k: v for k, v in changes.items() if v is not None}
+        return replace(self, **kept) if kept else self
 
     @property
     def trace_id(self) -> str | None:
@@ -47,11 +48,21 @@ class Correlation:
         return format(current.trace_id, "032x") if current.is_valid else None
 
     def audit_fields(self) -> dict[str, str]:
-        fields = {k: v for k, v in asdict(self).items() if v is not None and k != "traceparent"}
-        trace_id = self.trace_id
-        if trace_id:
-            fields["trace_id"] = trace_id
+        fields = {k: v for k in _AUDITED if (v := getattr(self, k)) is not None}
+        if self.traceparent or tracing():  # the trace id costs a context lookup: only where there is one
+            trace_id = self.trace_id
+            if trace_id:
+                fields["trace_id"] = trace_id
         return fields
+
+
+_AUDITED = ("surface", "tool", "session_id", "request_id", "run_id", "thread_id")
+
+
+def tracing() -> bool:
+    """True once the application installed an OpenTelemetry SDK; until then spans are skipped outright (the
+    API's no-op spans still cost a context switch per span on the hot path)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 def _extract(traceparent: str, tracestate: str | None = None) -> otel_context.Context:
@@ -64,6 +75,9 @@ def _extract(traceparent: str, tracestate: str | None = None) -> otel_context.Co
 @contextlib.contextmanager
 def span(name: str, correlation: Correlation | None = None, **attributes: Any) -> Iterator[trace.Span]:
     """A span as a child of the current span, or, at the top of our work, of the caller's trace (`traceparent`)."""
+    if not tracing():
+        yield trace.INVALID_SPAN
+        return
     inside = trace.get_current_span().get_span_context().is_valid
     parent = _extract(correlation.traceparent) if correlation and correlation.traceparent and not inside else None
     clean = {f"alter.{k}": v for k, v in attributes.items() if v is not None}
@@ -72,6 +86,8 @@ def span(name: str, correlation: Correlation | None = None, **attributes: Any) -
 
 
 def set_attributes(current: trace.Span, **attributes: Any) -> None:
+    if not current.is_recording():
+        return
     current.set_attributes({f"alter.{k}": v for k, v in attributes.items() if v is not None})
 
 

@@ -232,7 +232,11 @@ def _public_request(sent: httpx.Request, credential: ReleasedCredential) -> http
     """The sent request's method and URL only: no headers, no query parameter carrying the credential,
     and no echo of it a redirect may have put in the URL."""
     url = sent.url.copy_remove_param(credential.injection.query) if credential.injection.query else sent.url
-    return httpx.Request(sent.method, redact_text(str(url), [credential.token]))
+    text = str(url)
+    clean = redact_text(text, [credential.token])
+    # An unchanged URL is handed over as the parsed object: parsing it again costs more than the call's
+    # own bookkeeping.
+    return httpx.Request(sent.method, url if clean == text else clean)
 
 
 def _json_bytes(value: Any) -> bytes:
