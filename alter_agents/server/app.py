@@ -7,7 +7,9 @@ exception handlers. The browser routes (connect page, OAuth callback) and `/heal
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -104,5 +106,15 @@ def serve(host: str = "127.0.0.1", port: int = 8780, settings: Settings | None =
     settings = replace(settings, public_url=settings.public_url or base_url)
     app = create_app(settings=settings, host=host)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+
+    def stop(_signum: int, _frame: object) -> None:
+        server.should_exit = True
+
+    # Ctrl-C and SIGTERM are ours before the announcement: a signal landing before uvicorn would take them
+    # (or inside some callback, where a KeyboardInterrupt is only printed and ignored) must still stop it.
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     print(f"alter-agents vault server listening on {base_url}", flush=True)
-    anyio.run(uvicorn.Server(config).serve, [sock])
+    anyio.run(server.serve, [sock])
