@@ -10,14 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from alter_agents.vault import audit_chain
-from alter_agents.vault.schema import AUDIT_CORRELATION, audit, meta
+from alter_agents.vault.schema import audit, meta
 
 HEAD_KEY = "audit_head"  # "<seq>:<hash>" of the newest row
 ANCHOR_KEY = "audit_anchor"  # "<seq>:<hash>" of the newest pruned row: where the remaining chain starts
@@ -148,13 +147,3 @@ async def _write_pointer(conn: AsyncConnection, key: str, seq: int, digest: str,
 async def _read_int(conn: AsyncConnection, key: str) -> int:
     value = (await conn.execute(select(meta.c.value).where(meta.c.key == key))).scalar()
     return int(bytes(value).decode()) if value is not None else 0
-
-
-def correlation_columns() -> tuple[str, ...]:
-    return AUDIT_CORRELATION
-
-
-def as_time(value: datetime | float | None) -> float | None:
-    if value is None or isinstance(value, float | int):
-        return value
-    return value.timestamp()

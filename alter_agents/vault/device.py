@@ -169,21 +169,13 @@ def _client_form(spec: ProviderSpec, form: dict[str, str]) -> tuple[dict[str, st
     if not spec.client_id:
         env = f"ALTER_{spec.name.upper().replace('-', '_')}_CLIENT_ID"
         raise ConfigurationError(f"No OAuth client is configured for {spec.name}: set {env}.", provider=spec.name)
-    secret = _secret(spec)
+    secret = spec.client_secret.get_secret_value() if spec.client_secret else None
     if spec.token_auth_method == "client_secret_basic" and secret:
         return form, httpx.BasicAuth(spec.client_id, secret)
     out = {**form, "client_id": spec.client_id}
     if secret:
         out["client_secret"] = secret
     return out, httpx.USE_CLIENT_DEFAULT
-
-
-def _secret(spec: ProviderSpec) -> str | None:
-    value: Any = spec.client_secret
-    if value is None:
-        return None
-    getter = getattr(value, "get_secret_value", None)
-    return str(getter()) if callable(getter) else str(value)
 
 
 def _parse(response: httpx.Response) -> dict[str, Any]:
