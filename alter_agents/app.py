@@ -11,14 +11,13 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
-import httpx
 
 from alter_agents import metrics, telemetry
 from alter_agents.approval import Approver
 from alter_agents.errors import AlterError, ConfigurationError, InsufficientScopeError, InvalidArgumentsError
 from alter_agents.models import ApiResponse, ConnectMethod, ConnectResult, ConnectStart, Grant
 from alter_agents.providers import Providers
-from alter_agents.providers.binding import refuse_caller_parts
+from alter_agents.providers.binding import host_of, refuse_caller_parts
 from alter_agents.scopes import detect
 from alter_agents.sessions import DEFAULT_SCOPE
 from alter_agents.settings import Settings
@@ -101,11 +100,7 @@ class App:
         return value
 
     def infer_provider(self, url: str) -> str:
-        try:
-            host = httpx.URL(url).host
-        except (httpx.InvalidURL, TypeError):
-            raise InvalidArgumentsError(f"{url!r} is not an absolute URL.") from None
-        if not host:
+        if not host_of(url):
             raise InvalidArgumentsError(f"{url!r} is not an absolute URL (e.g. https://api.github.com/user).")
         return str(self.vault.providers.for_url(url).name)
 
@@ -155,7 +150,7 @@ class App:
         if traceparent:
             correlation = correlation.with_(traceparent=traceparent)
         traced = telemetry.tracing()
-        with telemetry.span("alter.request", correlation, method=method.upper(), host=_host(url) if traced else None,
+        with telemetry.span("alter.request", correlation, method=method.upper(), host=host_of(url) if traced else None,
                             provider=provider, surface=correlation.surface, tool=correlation.tool) as current:
             try:
                 return await self._request(
@@ -205,7 +200,7 @@ class App:
                                      latency_ms=latency, principal=credential.principal, error=note,
                                      correlation=correlation)
         telemetry.set_attributes(current, status=response.status_code)
-        metrics.LATENCY.labels(grant.provider).observe(latency / 1000)
+        metrics.observe_latency(grant.provider, latency / 1000)
         self._raise_for_scope(grant, response)
         metrics.count_call(grant.provider, "ok")
         return response
@@ -290,10 +285,3 @@ async def _announce(start: ConnectStart, open_browser: bool, on_url: UrlCallback
 
 _APP = Correlation(surface="app")
 
-
-def _host(url: str) -> str:
-    """The URL's host for span attributes (never its query string, where a credential may ride)."""
-    try:
-        return str(httpx.URL(url).host)
-    except (httpx.InvalidURL, TypeError):
-        return ""

@@ -9,8 +9,10 @@ outcome codes, so cardinality stays bounded and nothing personal leaks into a mo
 
 from __future__ import annotations
 
+import functools
 import hmac
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.requests import Request
@@ -32,7 +34,23 @@ SESSIONS = Gauge("alter_active_sessions", "Open sessions on this server.", ["ser
 
 
 def count_call(provider: str | None, outcome: str) -> None:
-    CALLS.labels(provider or "unknown", outcome).inc()
+    _call(provider or "unknown", outcome).inc()
+
+
+def observe_latency(provider: str, seconds: float) -> None:
+    _latency(provider).observe(seconds)
+
+
+# Bound children, kept per label set: `labels()` validates and locks on every call, and the sets are few
+# (providers by outcome codes).
+@functools.lru_cache(maxsize=4096)
+def _call(provider: str, outcome: str) -> Any:
+    return CALLS.labels(provider, outcome)
+
+
+@functools.lru_cache(maxsize=1024)
+def _latency(provider: str) -> Any:
+    return LATENCY.labels(provider)
 
 
 def metrics_enabled(setting: str | None, host: str) -> bool:

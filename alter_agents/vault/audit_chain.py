@@ -34,17 +34,14 @@ def chain_key(vault_key: bytes) -> bytes:
     return hmac.new(vault_key, _CONTEXT, hashlib.sha256).digest()
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+
+
 def link(key: bytes, previous: str, row: Mapping[str, Any]) -> str:
-    """The hash of `row` chained to `previous`."""
-    body = json.dumps([_canonical(row.get(c)) for c in CHAINED], separators=(",", ":"), ensure_ascii=True)
-    return hmac.new(key, previous.encode() + b"\n" + body.encode(), hashlib.sha256).hexdigest()
-
-
-def _canonical(value: Any) -> Any:
-    """Floats as fixed text, so both stores (SQLite REAL, PostgreSQL double) hash the same row alike."""
-    if isinstance(value, float):
-        return format(value, ".6f")
-    return value
+    """The hash of `row` chained to `previous`. Floats are hashed as fixed text, so both stores (SQLite
+    REAL, PostgreSQL double) hash the same row alike."""
+    values = [format(v, ".6f") if isinstance(v, float) else v for v in map(row.get, CHAINED)]
+    return hmac.digest(key, f"{previous}\n{_ENCODER.encode(values)}".encode(), "sha256").hex()
 
 
 Problem = Literal["changed", "removed", "inserted"]

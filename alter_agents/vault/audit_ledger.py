@@ -7,6 +7,7 @@ writer, a row lock on PostgreSQL), so concurrent writers and several replicas ex
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -52,24 +53,27 @@ async def append(conn: AsyncConnection, rows: Sequence[dict[str, Any]], key: byt
     """Insert rows at the end of the chain, inside the caller's write transaction."""
     head = await _read_pointer(conn, HEAD_KEY, lock=True)
     seq, previous = head if head else (0, audit_chain.GENESIS)
-    values: list[dict[str, Any]] = []
+    params: list[tuple[Any, ...]] = []
     for row in rows:
         seq += 1
-        full = {c: row.get(c) for c in COLUMNS}
+        full = dict.fromkeys(COLUMNS)
+        full.update(row)
         full["at"] = full["at"] if full["at"] is not None else time.time()
         full["outcome"] = full["outcome"] or outcome_of(full)
         full["seq"], full["prev_hash"] = seq, previous
-        full["hash"] = audit_chain.link(key or b"", previous, full)
-        previous = str(full["hash"])
-        values.append(full)
+        full["hash"] = previous = audit_chain.link(key or b"", previous, full)
+        params.append(tuple(full[c] for c in COLUMNS))
     # A plain driver-level executemany: SQLAlchemy's per-row parameter processing costs several times the
     # insert itself, and the writer shares the event loop with the calls it audits.
-    style = conn.dialect.paramstyle
-    marks = [f"${i}" if style == "numeric_dollar" else "?" if style == "qmark" else "%s"
-             for i in range(1, len(COLUMNS) + 1)]
-    sql = f"INSERT INTO {audit.name} ({', '.join(COLUMNS)}) VALUES ({', '.join(marks)})"  # noqa: S608 (our names)
-    await conn.exec_driver_sql(sql, [tuple(v[c] for c in COLUMNS) for v in values])
+    await conn.exec_driver_sql(_insert_sql(conn.dialect.paramstyle), params)
     await _write_pointer(conn, HEAD_KEY, seq, previous, existed=head is not None)
+
+
+@functools.lru_cache(maxsize=4)
+def _insert_sql(paramstyle: str) -> str:
+    marks = [f"${i}" if paramstyle == "numeric_dollar" else "?" if paramstyle == "qmark" else "%s"
+             for i in range(1, len(COLUMNS) + 1)]
+    return f"INSERT INTO {audit.name} ({', '.join(COLUMNS)}) VALUES ({', '.join(marks)})"  # noqa: S608 (our names)
 
 
 async def entries(conn: AsyncConnection, where: AuditFilter) -> list[dict[str, Any]]:

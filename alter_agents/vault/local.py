@@ -33,7 +33,7 @@ from alter_agents.models import (
 )
 from alter_agents.policy import Policy
 from alter_agents.providers import Providers, ProviderSpec
-from alter_agents.providers.binding import check_destination
+from alter_agents.providers.binding import check_destination, parse_url
 from alter_agents.sessions import DEFAULT_SCOPE
 from alter_agents.settings import Settings
 from alter_agents.telemetry import Correlation
@@ -471,7 +471,7 @@ class LocalVault:
 
 @functools.lru_cache(maxsize=1024)
 def _host_and_path(url: str) -> tuple[str, str]:
-    parsed = httpx.URL(url)
+    parsed = parse_url(url)
     return parsed.host, parsed.path
 
 
