@@ -8,6 +8,7 @@ string (a credential may ride in one).
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -65,12 +66,16 @@ def tracing() -> bool:
     API's no-op spans still cost a context switch per span on the hot path). A global tracer provider,
     once set, cannot be replaced, so a True answer is kept."""
     global _traced
-    if not _traced:
-        _traced = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    # Asking the API costs an environment lookup that raises and catches a KeyError on every call while no
+    # provider is set, so its global is read first (the public call stands in should it ever go away).
+    if not _traced and (_ENV_PROVIDER or getattr(trace, "_TRACER_PROVIDER", _ABSENT) is not None):
+        _traced = type(trace.get_tracer_provider()) is not trace.ProxyTracerProvider
     return _traced
 
 
 _traced = False
+_ABSENT = object()
+_ENV_PROVIDER = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
 _NO_SPAN: contextlib.nullcontext[trace.Span] = contextlib.nullcontext(trace.INVALID_SPAN)
 
 
