@@ -11,6 +11,7 @@ the hash of the last pruned row as the new anchor, so the rest still verifies.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -41,7 +42,14 @@ def link(key: bytes, previous: str, row: Mapping[str, Any]) -> str:
     """The hash of `row` chained to `previous`. Floats are hashed as fixed text, so both stores (SQLite
     REAL, PostgreSQL double) hash the same row alike."""
     values = [format(v, ".6f") if isinstance(v, float) else v for v in map(row.get, CHAINED)]
-    return hmac.digest(key, f"{previous}\n{_ENCODER.encode(values)}".encode(), "sha256").hex()
+    mac = _keyed(key).copy()  # the key's HMAC state, set up once, not per row
+    mac.update(f"{previous}\n{_ENCODER.encode(values)}".encode())
+    return mac.hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def _keyed(key: bytes) -> hmac.HMAC:
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 Problem = Literal["changed", "removed", "inserted"]

@@ -8,6 +8,7 @@ writer, a row lock on PostgreSQL), so concurrent writers and several replicas ex
 from __future__ import annotations
 
 import functools
+import operator
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ HEAD_KEY = "audit_head"  # "<seq>:<hash>" of the newest row
 ANCHOR_KEY = "audit_anchor"  # "<seq>:<hash>" of the newest pruned row: where the remaining chain starts
 LEGACY_KEY = "audit_legacy_max_id"  # rows up to this id predate the chain (schema < 5)
 COLUMNS = tuple(c.name for c in audit.columns if c.name != "id")
+_EMPTY = dict.fromkeys(COLUMNS)
+_values = operator.itemgetter(*COLUMNS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +59,12 @@ async def append(conn: AsyncConnection, rows: Sequence[dict[str, Any]], key: byt
     params: list[tuple[Any, ...]] = []
     for row in rows:
         seq += 1
-        full = dict.fromkeys(COLUMNS)
-        full.update(row)
+        full = {**_EMPTY, **row}
         full["at"] = full["at"] if full["at"] is not None else time.time()
         full["outcome"] = full["outcome"] or outcome_of(full)
         full["seq"], full["prev_hash"] = seq, previous
         full["hash"] = previous = audit_chain.link(key or b"", previous, full)
-        params.append(tuple(full[c] for c in COLUMNS))
+        params.append(_values(full))
     # A plain driver-level executemany: SQLAlchemy's per-row parameter processing costs several times the
     # insert itself, and the writer shares the event loop with the calls it audits.
     await conn.exec_driver_sql(_insert_sql(conn.dialect.paramstyle), params)
