@@ -9,7 +9,6 @@ Errors leave this module detached: no `__context__`, no traceback frames holding
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json as jsonlib
 import logging
@@ -20,6 +19,7 @@ from typing import Any
 import anyio
 import httpx
 
+from alter_agents.deadlines import Deadlines
 from alter_agents.errors import AlterError, HostNotAllowedError, UpstreamTimeoutError, UpstreamUnreachableError
 from alter_agents.models import ApiResponse, ReleasedCredential
 from alter_agents.providers.binding import check_destination, host_of, is_loopback, refuse_caller_parts
@@ -43,7 +43,8 @@ def _detached(exc: AlterError) -> AlterError:
 
 
 class Upstream:
-    """One pooled HTTP client shared by every call; `timeout` is each call's overall deadline."""
+    """One pooled HTTP client shared by every call; `timeout` is each call's overall deadline (met to within
+    a tick of `deadlines.Deadlines`, one second at most)."""
 
     def __init__(
         self,
@@ -59,8 +60,10 @@ class Upstream:
         )
         self.timeout = timeout
         self.max_response_bytes = max_response_bytes
+        self._deadlines = Deadlines(timeout)
 
     async def aclose(self) -> None:
+        self._deadlines.close()
         await self._client.aclose()
 
     async def send(
@@ -86,7 +89,7 @@ class Upstream:
             refuse_caller_parts(credential.injection, headers, query, url)
             if extra_headers:
                 headers = {**(headers or {}), **extra_headers}
-            async with asyncio.timeout(self.timeout):
+            with self._deadlines():
                 return await self._exchange(credential, method, url, query, headers, json, content)
         except TimeoutError:
             failure = UpstreamTimeoutError(
