@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -13,9 +14,8 @@ from alter_agents.deadlines import Deadlines
 async def test_an_overdue_call_ends_with_timeout_error_within_one_tick() -> None:
     deadlines = Deadlines(0.2, tick=0.05)
     started = time.monotonic()
-    with pytest.raises(TimeoutError):
-        with deadlines():
-            await asyncio.sleep(5)
+    with pytest.raises(TimeoutError), deadlines():
+        await asyncio.sleep(5)
     assert 0.2 <= time.monotonic() - started < 0.2 + 0.05 + 0.2
     deadlines.close()
 
@@ -74,11 +74,9 @@ async def test_an_outer_cancellation_wins_over_an_expired_deadline() -> None:
 
 async def test_a_caught_cancellation_inside_leaves_no_pending_cancel_behind() -> None:
     deadlines = Deadlines(0.05, tick=0.01)
-    with deadlines():
-        try:
-            await asyncio.sleep(1)
-        except asyncio.CancelledError:
-            pass  # swallowed inside: the deadline's own cancel is withdrawn on the way out
+    # Swallowed inside: the deadline's own cancel is withdrawn on the way out.
+    with deadlines(), contextlib.suppress(asyncio.CancelledError):
+        await asyncio.sleep(1)
     current = asyncio.current_task()
     assert current is not None and current.cancelling() == 0
     await asyncio.sleep(0)  # and nothing is delivered later

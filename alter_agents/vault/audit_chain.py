@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 GENESIS = "0" * 64
-_CONTEXT = b"alter-audit-chain-v1"
+PURPOSE = b"alter-audit-chain-v1"  # the chain key is `crypto.derive(vault key, PURPOSE)`
 
 # The columns a row's hash covers, in order. Adding a column appends here (old rows hash it as null).
 CHAINED = (
@@ -28,11 +28,6 @@ CHAINED = (
     "latency_ms", "detail", "surface", "tool", "session_id", "request_id", "run_id", "thread_id", "trace_id",
     "outcome",
 )
-
-
-def chain_key(vault_key: bytes) -> bytes:
-    """A key for the chain only, derived from the raw vault key (as `crypto.derive` does)."""
-    return hmac.new(vault_key, _CONTEXT, hashlib.sha256).digest()
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)

@@ -37,7 +37,7 @@ from alter_agents.providers.binding import check_destination, parse_url
 from alter_agents.sessions import DEFAULT_SCOPE
 from alter_agents.settings import Settings
 from alter_agents.telemetry import Correlation
-from alter_agents.vault import oauth
+from alter_agents.vault import audit_chain, oauth
 from alter_agents.vault.audit import AuditWriter
 from alter_agents.vault.audit_chain import ChainReport
 from alter_agents.vault.audit_ledger import AuditFilter
@@ -105,7 +105,7 @@ class LocalVault:
                     "Nothing was changed; see 'Recovering the vault key' in docs/vault.md."
                 )
             await self.store.reseal_grants(functools.partial(reseal, cipher))
-            self.store.audit_key = derive(key, b"alter-audit-chain-v1")
+            self.store.audit_key = derive(key, audit_chain.PURPOSE)
             self._cipher_obj = cipher
 
     def _cipher(self) -> Cipher:
