@@ -119,12 +119,12 @@ def redact_bytes(data: bytes, secrets: Iterable[str] | None = None) -> bytes:
     chosen = _secrets(secrets)
     if not chosen or not data:
         return data
-    if b"\\" not in data and b"%" not in data and b"&#" not in data and b"+" not in data:
-        # Without an escape character no escaped form can be there: the literal forms are enough.
+    if data.find(b"\\") < 0 and data.find(b"%") < 0 and data.find(b"&#") < 0 and data.find(b"+") < 0:
+        # Without an escape character no escaped form can be there: the literal forms are enough. (`find` and
+        # `replace`, not `in`: on bytes, `in` first tries its operand as an int, formatting a TypeError.)
         for s in chosen:
             for form in _byte_forms(s):
-                if form in data:
-                    data = data.replace(form, _REDACTED_BYTES)
+                data = data.replace(form, _REDACTED_BYTES)
         return data
     return _patterns(chosen, False)[1].sub(_REDACTED_BYTES, data)
 
@@ -154,6 +154,14 @@ def _present(text: str, secrets: tuple[str, ...], ignore_case: bool) -> tuple[st
                 found.append(secret)
                 break
     return tuple(found)
+
+
+def _may_hold(text: str, secrets: tuple[str, ...]) -> bool:
+    """A quick, conservative `_present`: any escape at all, or a literal form in any case, says maybe."""
+    if "\\" in text or "%" in text or "&#" in text or "+" in text:
+        return True
+    low = text.lower()
+    return any(form in low for secret in secrets for form in _lower_forms(secret))
 
 
 def _decode_one(match: re.Match[str]) -> str:
@@ -190,8 +198,7 @@ def redact_headers(items: Iterable[tuple[str, str]], secrets: Iterable[str] | No
     """Headers (lowercased names) with values redacted; a header whose *name* holds a secret is dropped."""
     chosen = _secrets(secrets)
     items = list(items)
-    # One search over all of them first: headers almost never hold a secret, and escapes never span lines.
-    if not chosen or not _present("\n".join(f"{n}\n{v}" for n, v in items), chosen, True):
+    if not chosen or not _may_hold("\n".join(map("\n".join, items)), chosen):
         return {name.lower(): value for name, value in items}
     headers: dict[str, str] = {}
     for name, value in items:

@@ -439,11 +439,12 @@ class LocalVault:
         correlation: Correlation | None = None,
     ) -> None:
         host, path = _host_and_path(url)
-        self.audit_log.add(
-            action, principal=principal, grant_id=grant.grant_id, provider=grant.provider,
-            method=method.upper(), host=host, path=path, status=status,
-            latency_ms=latency_ms, detail=error, **(correlation.audit_fields() if correlation else {}),
-        )
+        row = {"at": time.time(), "action": action, "principal": principal, "grant_id": grant.grant_id,
+               "provider": grant.provider, "method": method.upper(), "host": host, "path": path, "status": status,
+               "latency_ms": latency_ms, "detail": error}
+        if correlation is not None:
+            row.update(correlation.audit_fields())
+        self.audit_log.add_row(row)
 
     async def audit_query(self, where: AuditFilter) -> list[AuditEntry]:
         """Audit rows matching `where`, newest first (rows still queued are written first)."""
