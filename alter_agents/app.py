@@ -8,17 +8,17 @@ import sys
 import webbrowser
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import anyio
-import httpx
+from opentelemetry.trace import Span
 
 from alter_agents import metrics, telemetry
 from alter_agents.approval import Approver
 from alter_agents.errors import AlterError, ConfigurationError, InsufficientScopeError, InvalidArgumentsError
-from alter_agents.models import ApiResponse, ConnectMethod, ConnectResult, ConnectStart, Grant
+from alter_agents.models import ApiResponse, ConnectMethod, ConnectResult, ConnectStart, Grant, ReleasedCredential
 from alter_agents.providers import Providers
-from alter_agents.providers.binding import refuse_caller_parts
+from alter_agents.providers.binding import host_of, refuse_caller_parts
 from alter_agents.scopes import detect
 from alter_agents.sessions import DEFAULT_SCOPE
 from alter_agents.settings import Settings
@@ -101,11 +101,7 @@ class App:
         return value
 
     def infer_provider(self, url: str) -> str:
-        try:
-            host = httpx.URL(url).host
-        except (httpx.InvalidURL, TypeError):
-            raise InvalidArgumentsError(f"{url!r} is not an absolute URL.") from None
-        if not host:
+        if not host_of(url):
             raise InvalidArgumentsError(f"{url!r} is not an absolute URL (e.g. https://api.github.com/user).")
         return str(self.vault.providers.for_url(url).name)
 
@@ -154,75 +150,74 @@ class App:
         correlation = correlation or _APP
         if traceparent:
             correlation = correlation.with_(traceparent=traceparent)
-        traced = telemetry.tracing()
-        with telemetry.span("alter.request", correlation, method=method.upper(), host=_host(url) if traced else None,
+        call = _Call(method, url, provider, grant_id, account, label, query, headers, json, content, reason,
+                     on_approval or self.on_approval, scope, correlation)
+        if not telemetry.tracing():  # the common case: no span to open or annotate
+            return await self._request(call, user_token, None)
+        with telemetry.span("alter.request", correlation, method=method.upper(), host=host_of(url),
                             provider=provider, surface=correlation.surface, tool=correlation.tool) as current:
-            try:
-                return await self._request(
-                    method, url, provider=provider, grant_id=grant_id, account=account, label=label,
-                    user_token=user_token, query=query, headers=headers, json=json, content=content,
-                    reason=reason, approver=on_approval or self.on_approval, scope=scope, correlation=correlation,
-                    current=current,
-                )
-            except AlterError as exc:
-                metrics.count_call(exc.data.get("provider") or provider, exc.code)
-                telemetry.set_attributes(current, outcome=exc.code)
-                raise
+            return await self._request(call, user_token, current)
 
-    async def _request(
-        self, method: str, url: str, *, provider: str | None, grant_id: str | None, account: str | None,
-        label: str | None, user_token: str | None, query: Mapping[str, Any] | None,
-        headers: Mapping[str, str] | None, json: Any, content: bytes | str | None, reason: str | None,
-        approver: Approver | None, scope: str, correlation: Correlation, current: Any,
-    ) -> ApiResponse:
-        token = await self.user_token(user_token)
-        if not provider and not grant_id:
-            provider = self.infer_provider(url)
-        if provider:  # refused before anything is released; `Upstream.send` checks again for grant ids
-            refuse_caller_parts(self.providers.get(provider).inject.to_injection(), headers, query, url)
-        with telemetry.span("alter.resolve", provider=provider, grant_id=grant_id):
-            credential = await self.vault.release_for(
-                url=url, method=method, provider=provider, user_token=token, account=account, label=label,
-                grant_id=grant_id, approver=approver, scope=scope,
-            )
-        grant = credential.grant
-        telemetry.set_attributes(current, provider=grant.provider, account=grant.account, grant_id=grant.grant_id)
-        note = "; ".join(n for n in (credential.decision, f"reason: {reason}" if reason else None) if n) or None
+    async def _request(self, call: _Call, user_token: str | None, current: Span | None) -> ApiResponse:
+        provider = call.provider
         try:
-            with telemetry.span("alter.upstream", method=method.upper(), provider=grant.provider) as upstream:
-                response, latency = await self.upstream.send(
-                    credential, method, url, query=query, headers=headers, json=json, content=content,
-                    extra_headers=telemetry.outgoing_trace_headers() if self._propagates(grant.provider) else None,
+            token = user_token or await self.user_token(None)
+            if not provider and not call.grant_id:
+                provider = self.infer_provider(call.url)
+            if provider:  # refused before anything is released; `Upstream.send` checks again for grant ids
+                refuse_caller_parts(self.providers.get(provider).inject.to_injection(), call.headers, call.query,
+                                    call.url)
+            with telemetry.span("alter.resolve", provider=provider, grant_id=call.grant_id):
+                credential = await self.vault.release_for(
+                    url=call.url, method=call.method, provider=provider, user_token=token, account=call.account,
+                    label=call.label, grant_id=call.grant_id, approver=call.approver, scope=call.scope,
                 )
-                telemetry.set_attributes(upstream, status=response.status_code)
-        except BaseException as exc:  # a released credential is audited whatever happened to the call
-            code = exc.code if isinstance(exc, AlterError) else "internal"
-            with anyio.CancelScope(shield=True):
-                await self.vault.record_call(grant, method=method, url=url, status=None, latency_ms=None,
-                                             principal=credential.principal, error=code, correlation=correlation)
+            grant = credential.grant
+            if current is not None:
+                telemetry.set_attributes(current, provider=grant.provider, account=grant.account,
+                                         grant_id=grant.grant_id)
+            response = await self._send(call, credential, current)
+        except AlterError as exc:
+            metrics.count_call(exc.data.get("provider") or provider, exc.code)
+            if current is not None:
+                telemetry.set_attributes(current, outcome=exc.code)
             raise
-        await self.vault.record_call(grant, method=method, url=url, status=response.status_code,
-                                     latency_ms=latency, principal=credential.principal, error=note,
-                                     correlation=correlation)
-        telemetry.set_attributes(current, status=response.status_code)
-        metrics.LATENCY.labels(grant.provider).observe(latency / 1000)
-        self._raise_for_scope(grant, response)
         metrics.count_call(grant.provider, "ok")
         return response
 
-    def _propagates(self, provider: str) -> bool:
-        """W3C trace context goes to a provider only where its spec opts in (`propagate_trace = true`)."""
-        return self.providers.get(provider).propagate_trace
-
-    def _raise_for_scope(self, grant: Grant, response: ApiResponse) -> None:
-        """A missing permission, as the provider signals it (RFC 6750 or its catalogue `scope_signals`)."""
-        if response.status_code < 400 and response.status_code != 200:
-            return
-        signals = self.vault.providers.get(grant.provider).scope_signals
-        found = detect(response.status_code, response.headers, response.content, signals)
+    async def _send(self, call: _Call, credential: ReleasedCredential, current: Span | None) -> ApiResponse:
+        """The outgoing call, audited whatever happens to it; a missing permission raises after the audit."""
+        grant, spec = credential.grant, self.providers.get(credential.grant.provider)
+        try:
+            with telemetry.span("alter.upstream", method=call.method.upper(), provider=grant.provider) as upstream:
+                response, latency = await self.upstream.send(
+                    credential, call.method, call.url, query=call.query, headers=call.headers, json=call.json,
+                    content=call.content,
+                    extra_headers=telemetry.outgoing_trace_headers() if current and spec.propagate_trace else None,
+                )
+                if current is not None:
+                    telemetry.set_attributes(upstream, status=response.status_code)
+        except BaseException as exc:  # a released credential is audited whatever happened to the call
+            code = exc.code if isinstance(exc, AlterError) else "internal"
+            with anyio.CancelScope(shield=True):
+                await self.vault.record_call(grant, method=call.method, url=call.url, status=None, latency_ms=None,
+                                             principal=credential.principal, error=code,
+                                             correlation=call.correlation)
+            raise
+        note = credential.decision
+        if call.reason:
+            note = f"{note}; reason: {call.reason}" if note else f"reason: {call.reason}"
+        await self.vault.record_call(grant, method=call.method, url=call.url, status=response.status_code,
+                                     latency_ms=latency, principal=credential.principal, error=note,
+                                     correlation=call.correlation)
+        if current is not None:
+            telemetry.set_attributes(current, status=response.status_code)
+        metrics.observe_latency(grant.provider, latency / 1000)
+        found = detect(response.status_code, response.headers, response.content, spec.scope_signals)
         if found is not None:
             granted = found.granted if found.granted is not None else tuple(grant.scopes)
             raise InsufficientScopeError(grant.provider, grant.account, found.status, granted, found.required)
+        return response
 
     async def start_connect(
         self, provider: str, *, user_token: str | None = None, label: str | None = None,
@@ -291,9 +286,21 @@ async def _announce(start: ConnectStart, open_browser: bool, on_url: UrlCallback
 _APP = Correlation(surface="app")
 
 
-def _host(url: str) -> str:
-    """The URL's host for span attributes (never its query string, where a credential may ride)."""
-    try:
-        return str(httpx.URL(url).host)
-    except (httpx.InvalidURL, TypeError):
-        return ""
+class _Call(NamedTuple):
+    """One `request()` call's arguments, as checked: handed down whole rather than as fifteen keywords."""
+
+    method: str
+    url: str
+    provider: str | None
+    grant_id: str | None
+    account: str | None
+    label: str | None
+    query: Mapping[str, Any] | None
+    headers: Mapping[str, str] | None
+    json: Any
+    content: bytes | str | None
+    reason: str | None
+    approver: Approver | None
+    scope: str
+    correlation: Correlation
+

@@ -9,30 +9,83 @@ outcome codes, so cardinality stays bounded and nothing personal leaks into a mo
 
 from __future__ import annotations
 
+import bisect
 import hmac
-from collections.abc import Awaitable, Callable
+import itertools
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from alter_agents.errors import ConfigurationError
 
 REGISTRY = CollectorRegistry(auto_describe=True)
-CALLS = Counter("alter_calls", "Tool and App calls by provider and outcome (ok, or the error code).",
-                ["provider", "outcome"], registry=REGISTRY)
-LATENCY = Histogram("alter_upstream_seconds", "Upstream call latency, first byte to last, by provider.",
-                    ["provider"], registry=REGISTRY,
-                    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 REFRESHES = Counter("alter_token_refreshes", "Access-token refreshes by provider and outcome (ok, failed, reauth).",
                     ["provider", "outcome"], registry=REGISTRY)
 REAUTH_GRANTS = Gauge("alter_grants_needing_reauth", "Grants whose refresh failed for good (needs_reauth).",
                       registry=REGISTRY)
 SESSIONS = Gauge("alter_active_sessions", "Open sessions on this server.", ["server"], registry=REGISTRY)
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BOUNDS = [*map(str, LATENCY_BUCKETS), "+Inf"]  # `le` labels, written as the client library writes them
+
+
+class _Calls(Collector):
+    """`alter_calls_total` and `alter_upstream_seconds`, counted on every call.
+
+    The client library's children validate, and take a lock per counter, on each update: more work than
+    the rest of a call's bookkeeping. Here a call adds to plain dicts under one lock, and Prometheus reads
+    them at scrape time through this collector.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[tuple[str, str], int] = {}
+        self._latency: dict[str, list[float]] = {}  # per provider: a count per bucket (+Inf last), then the sum
+
+    def count(self, provider: str, outcome: str) -> None:
+        key = (provider, outcome)
+        with self._lock:
+            self._calls[key] = self._calls.get(key, 0) + 1
+
+    def observe(self, provider: str, seconds: float) -> None:
+        at = bisect.bisect_left(LATENCY_BUCKETS, seconds)
+        with self._lock:
+            counts = self._latency.get(provider)
+            if counts is None:
+                counts = self._latency[provider] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+            counts[at] += 1
+            counts[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            calls, latency = dict(self._calls), {p: list(c) for p, c in self._latency.items()}
+        total = CounterMetricFamily("alter_calls", "Tool and App calls by provider and outcome (ok, or the error "
+                                    "code).", labels=["provider", "outcome"])
+        for (provider, outcome), value in sorted(calls.items()):
+            total.add_metric([provider, outcome], value)
+        yield total
+        seconds = HistogramMetricFamily("alter_upstream_seconds", "Upstream call latency, first byte to last, by "
+                                        "provider.", labels=["provider"])
+        for provider, counts in sorted(latency.items()):
+            cumulative = list(itertools.accumulate(counts[:-1]))
+            seconds.add_metric([provider], list(zip(_BOUNDS, cumulative, strict=True)), sum_value=counts[-1])
+        yield seconds
+
+
+_CALLS = _Calls()
+REGISTRY.register(_CALLS)
 
 
 def count_call(provider: str | None, outcome: str) -> None:
-    CALLS.labels(provider or "unknown", outcome).inc()
+    _CALLS.count(provider or "unknown", outcome)
+
+
+def observe_latency(provider: str, seconds: float) -> None:
+    _CALLS.observe(provider, seconds)
 
 
 def metrics_enabled(setting: str | None, host: str) -> bool:

@@ -161,15 +161,34 @@ class ApiResponse(httpx.Response):
 
     Scripts use it like any `httpx.Response` (`status_code`, `json()`, `text`, `headers`, `url`,
     `raise_for_status()`); `grant` names the grant that acted and `truncated` says the body was cut
-    at the size cap. Its `request` is rebuilt from the method and URL alone, so no header and no
-    query parameter carrying the credential is reachable from it.
+    at the size cap. Its `request` is rebuilt from the method and the public URL alone, so no header
+    and no query parameter carrying the credential is reachable from it.
     """
 
     def __init__(self, status_code: int, *, headers: Mapping[str, str], content: bytes, grant: GrantRef,
-                 request: httpx.Request, truncated: bool = False) -> None:
-        super().__init__(status_code, headers=dict(headers), content=content, request=request)
+                 method: str, url: httpx.URL | str, truncated: bool = False) -> None:
+        # The body is whole and already decoded: handed over as a read stream, so httpx neither passes it
+        # through its decoders again nor re-derives headers the caller already set.
+        self._sent = (method, url)
+        super().__init__(status_code, headers=headers, stream=httpx.ByteStream(content))
+        self._content = content
+        self.is_stream_consumed = self.is_closed = True
         self.grant = grant
         self.truncated = truncated
+
+    @property  # type: ignore[override]
+    def _request(self) -> httpx.Request:
+        """httpx reads `_request` itself (`url`, `raise_for_status()`); built on first use, as most calls
+        never look at it."""
+        built = self.__dict__.get("_built_request")
+        if built is None:
+            built = self.__dict__["_built_request"] = httpx.Request(*self._sent)
+        return built
+
+    @_request.setter
+    def _request(self, value: httpx.Request | None) -> None:
+        if value is not None:
+            self.__dict__["_built_request"] = value
 
     def __repr__(self) -> str:
         return f"<ApiResponse [{self.status_code} {self.reason_phrase}] {self.grant.provider}:{self.grant.account}>"

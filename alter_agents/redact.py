@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 REDACTED = "[REDACTED]"
+_REDACTED_BYTES = REDACTED.encode()
 MIN_SECRET_LENGTH = 4
 # Process-wide redaction (messages, logs) skips shorter values: a real credential is longer, and a short
 # one would blank ordinary words everywhere. The call that carries a short one still redacts its body.
@@ -30,8 +31,6 @@ MAX_LIVE = 4096
 
 _live: dict[str, float] = {}
 _live_lock = threading.Lock()
-# A body without any of these cannot hold an escaped form, so the fast literal pass is enough.
-_ESCAPE_HINTS = (b"\\", b"%", b"&#", b"+")
 
 
 def register(secret: str) -> None:
@@ -40,6 +39,8 @@ def register(secret: str) -> None:
     if len(secret) < MIN_LIVE_LENGTH:
         return
     now = time.monotonic()
+    if _live.get(secret, 0.0) > now + LIVE_SECONDS / 2:
+        return  # registered within the last half of its life: released again on every call, renewed later
     with _live_lock:
         _live.pop(secret, None)
         _live[secret] = now + LIVE_SECONDS
@@ -88,9 +89,20 @@ def _char(c: str) -> str:
     return "(?:" + "|".join(alts) + ")"
 
 
-def _literal_forms(secret: str) -> list[str]:
+@functools.lru_cache(maxsize=1024)
+def _literal_forms(secret: str) -> tuple[str, ...]:
     """The secret as it travels: itself, and base64 as basic auth (`secret:`) or alone."""
-    return [secret, base64.b64encode(f"{secret}:".encode()).decode(), base64.b64encode(secret.encode()).decode()]
+    return secret, base64.b64encode(f"{secret}:".encode()).decode(), base64.b64encode(secret.encode()).decode()
+
+
+@functools.lru_cache(maxsize=1024)
+def _lower_forms(secret: str) -> tuple[str, ...]:
+    return tuple(form.lower() for form in _literal_forms(secret))
+
+
+@functools.lru_cache(maxsize=1024)
+def _byte_forms(secret: str) -> tuple[bytes, ...]:
+    return tuple(form.encode() for form in _literal_forms(secret))
 
 
 @functools.lru_cache(maxsize=64)
@@ -107,12 +119,14 @@ def redact_bytes(data: bytes, secrets: Iterable[str] | None = None) -> bytes:
     chosen = _secrets(secrets)
     if not chosen or not data:
         return data
-    if not any(hint in data for hint in _ESCAPE_HINTS):
+    if data.find(b"\\") < 0 and data.find(b"%") < 0 and data.find(b"&#") < 0 and data.find(b"+") < 0:
+        # Without an escape character no escaped form can be there: the literal forms are enough. (`find` and
+        # `replace`, not `in`: on bytes, `in` first tries its operand as an int, formatting a TypeError.)
         for s in chosen:
-            for form in _literal_forms(s):
-                data = data.replace(form.encode(), REDACTED.encode())
+            for form in _byte_forms(s):
+                data = data.replace(form, _REDACTED_BYTES)
         return data
-    return _patterns(chosen, False)[1].sub(REDACTED.encode(), data)
+    return _patterns(chosen, False)[1].sub(_REDACTED_BYTES, data)
 
 
 def redact_text(text: str, secrets: Iterable[str] | None = None, *, ignore_case: bool = False) -> str:
@@ -129,17 +143,25 @@ def redact_text(text: str, secrets: Iterable[str] | None = None, *, ignore_case:
 def _present(text: str, secrets: tuple[str, ...], ignore_case: bool) -> tuple[str, ...]:
     """The secrets that occur in `text` in some form: a substring search on the text and on its decoded
     form, so a process holding thousands of live secrets compiles a pattern only for those present."""
-    views = {text, _decode(text)}
+    decoded = _decode(text)
+    views: tuple[str, ...] = (text,) if decoded == text else (text, decoded)
     if ignore_case:
-        views = {v.lower() for v in views}
+        views = tuple(v.lower() for v in views)
     found = []
     for secret in secrets:
-        forms = _literal_forms(secret)
-        if ignore_case:
-            forms = [f.lower() for f in forms]
-        if any(form in view for view in views for form in forms):
-            found.append(secret)
+        for form in _lower_forms(secret) if ignore_case else _literal_forms(secret):
+            if form in views[0] or form in views[-1]:
+                found.append(secret)
+                break
     return tuple(found)
+
+
+def _may_hold(text: str, secrets: tuple[str, ...]) -> bool:
+    """A quick, conservative `_present`: any escape at all, or a literal form in any case, says maybe."""
+    if "\\" in text or "%" in text or "&#" in text or "+" in text:
+        return True
+    low = text.lower()
+    return any(form in low for secret in secrets for form in _lower_forms(secret))
 
 
 def _decode_one(match: re.Match[str]) -> str:
@@ -175,6 +197,9 @@ def _walk(value: Any, secrets: tuple[str, ...]) -> Any:
 def redact_headers(items: Iterable[tuple[str, str]], secrets: Iterable[str] | None = None) -> dict[str, str]:
     """Headers (lowercased names) with values redacted; a header whose *name* holds a secret is dropped."""
     chosen = _secrets(secrets)
+    items = list(items)
+    if not chosen or not _may_hold("\n".join(map("\n".join, items)), chosen):
+        return {name.lower(): value for name, value in items}
     headers: dict[str, str] = {}
     for name, value in items:
         if redact_text(name, chosen, ignore_case=True) != name:

@@ -56,6 +56,8 @@ def detect(
     status: int, headers: Mapping[str, str], body: bytes, signals: ScopeSignals | None = None
 ) -> ScopeShortfall | None:
     """Read a response for a missing-scope signal; None when it says nothing of the kind."""
+    if status not in (401, 403) and (signals is None or status not in signals.statuses):
+        return None  # most responses: nothing to read
     lowered = {k.lower(): v for k, v in headers.items()}
     granted_hdr = _header_scopes(lowered, signals.granted_header if signals else None)
     if status in (401, 403):

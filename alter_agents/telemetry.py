@@ -8,7 +8,9 @@ string (a credential may ride in one).
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -61,8 +63,20 @@ _AUDITED = ("surface", "tool", "session_id", "request_id", "run_id", "thread_id"
 
 def tracing() -> bool:
     """True once the application installed an OpenTelemetry SDK; until then spans are skipped outright (the
-    API's no-op spans still cost a context switch per span on the hot path)."""
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    API's no-op spans still cost a context switch per span on the hot path). A global tracer provider,
+    once set, cannot be replaced, so a True answer is kept."""
+    global _traced
+    # Asking the API costs an environment lookup that raises and catches a KeyError on every call while no
+    # provider is set, so its global is read first (the public call stands in should it ever go away).
+    if not _traced and (_ENV_PROVIDER or getattr(trace, "_TRACER_PROVIDER", _ABSENT) is not None):
+        _traced = type(trace.get_tracer_provider()) is not trace.ProxyTracerProvider
+    return _traced
+
+
+_traced = False
+_ABSENT = object()
+_ENV_PROVIDER = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+_NO_SPAN: contextlib.nullcontext[trace.Span] = contextlib.nullcontext(trace.INVALID_SPAN)
 
 
 def _extract(traceparent: str, tracestate: str | None = None) -> otel_context.Context:
@@ -72,12 +86,13 @@ def _extract(traceparent: str, tracestate: str | None = None) -> otel_context.Co
     return _propagator.extract(carrier)
 
 
-@contextlib.contextmanager
-def span(name: str, correlation: Correlation | None = None, **attributes: Any) -> Iterator[trace.Span]:
+def span(name: str, correlation: Correlation | None = None, **attributes: Any) -> AbstractContextManager[trace.Span]:
     """A span as a child of the current span, or, at the top of our work, of the caller's trace (`traceparent`)."""
-    if not tracing():
-        yield trace.INVALID_SPAN
-        return
+    return _span(name, correlation, attributes) if tracing() else _NO_SPAN
+
+
+@contextlib.contextmanager
+def _span(name: str, correlation: Correlation | None, attributes: dict[str, Any]) -> Iterator[trace.Span]:
     inside = trace.get_current_span().get_span_context().is_valid
     parent = _extract(correlation.traceparent) if correlation and correlation.traceparent and not inside else None
     clean = {f"alter.{k}": v for k, v in attributes.items() if v is not None}

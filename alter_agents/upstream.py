@@ -19,9 +19,10 @@ from typing import Any
 import anyio
 import httpx
 
+from alter_agents.deadlines import Deadlines
 from alter_agents.errors import AlterError, HostNotAllowedError, UpstreamTimeoutError, UpstreamUnreachableError
 from alter_agents.models import ApiResponse, ReleasedCredential
-from alter_agents.providers.binding import check_destination, is_loopback, refuse_caller_parts
+from alter_agents.providers.binding import check_destination, host_of, is_loopback, refuse_caller_parts
 from alter_agents.redact import REDACTED, cut, redact_bytes, redact_headers, redact_text
 
 __all__ = ["REDACTED", "Upstream", "check_destination", "is_loopback"]
@@ -42,7 +43,8 @@ def _detached(exc: AlterError) -> AlterError:
 
 
 class Upstream:
-    """One pooled HTTP client shared by every call; `timeout` is each call's overall deadline."""
+    """One pooled HTTP client shared by every call; `timeout` is each call's overall deadline (met to within
+    a tick of `deadlines.Deadlines`, one second at most)."""
 
     def __init__(
         self,
@@ -58,8 +60,10 @@ class Upstream:
         )
         self.timeout = timeout
         self.max_response_bytes = max_response_bytes
+        self._deadlines = Deadlines(timeout)
 
     async def aclose(self) -> None:
+        self._deadlines.close()
         await self._client.aclose()
 
     async def send(
@@ -85,7 +89,7 @@ class Upstream:
             refuse_caller_parts(credential.injection, headers, query, url)
             if extra_headers:
                 headers = {**(headers or {}), **extra_headers}
-            with anyio.fail_after(self.timeout):
+            with self._deadlines():
                 return await self._exchange(credential, method, url, query, headers, json, content)
         except TimeoutError:
             failure = UpstreamTimeoutError(
@@ -116,7 +120,7 @@ class Upstream:
         elif content is not None:
             body_kwargs["content"] = content
         started = time.perf_counter()
-        for _hop in range(MAX_REDIRECTS + 1):
+        for hop in range(MAX_REDIRECTS + 1):
             response = await self._send(
                 self._client.build_request(
                     method, self._inject(target, credential), headers=self._headers(headers, credential),
@@ -126,13 +130,13 @@ class Upstream:
             )
             location = response.headers.get("location")
             if response.status_code not in _REDIRECTS or not location:
-                return await self._finish(response, credential, started)
+                return await self._finish(response, credential, started, redirected=hop > 0)
             await response.aclose()
             next_url = str(target.join(location))
             try:
                 target = check_destination(next_url, provider, credential.hosts, credential.allow_http)
             except HostNotAllowedError:
-                where = redact_text(_host_of(next_url), [credential.token], ignore_case=True)
+                where = redact_text(host_of(next_url, "an invalid URL"), [credential.token], ignore_case=True)
                 reason = f"the API redirected to {where}, outside {provider}'s hosts"
                 refused = HostNotAllowedError(url, provider, credential.hosts, reason=reason)
                 refused.sent = True  # the first hop reached the provider; the redirect was not followed
@@ -162,7 +166,7 @@ class Upstream:
             raise error from None
 
     async def _finish(
-        self, response: httpx.Response, credential: ReleasedCredential, started: float
+        self, response: httpx.Response, credential: ReleasedCredential, started: float, *, redirected: bool
     ) -> tuple[ApiResponse, float]:
         secrets = (credential.token,)
         limit = self.max_response_bytes
@@ -197,17 +201,19 @@ class Upstream:
             broken.sent = True
             raise broken from None
         finally:
-            with anyio.CancelScope(shield=True):  # a call past its deadline still returns its connection
-                await response.aclose()
+            if not response.is_closed:  # read to its end, httpx has closed it already
+                with anyio.CancelScope(shield=True):  # a call past its deadline still returns its connection
+                    await response.aclose()
         content = redact_bytes(b"".join(chunks), secrets)
         if truncated or len(content) > limit:
             content, truncated = cut(content, limit, secrets), True
         headers = redact_headers(response.headers.multi_items(), secrets)
         headers.pop("content-encoding", None)
-        headers.pop("content-length", None)
+        headers["content-length"] = str(len(content))  # of the body as returned: decoded, redacted, cut
         api = ApiResponse(
             response.status_code, headers=headers, content=content, truncated=truncated,
-            grant=credential.grant.ref(), request=_public_request(response.request, credential),
+            grant=credential.grant.ref(), method=response.request.method,
+            url=_public_url(response.request.url, credential, redirected),
         )
         return api, (time.perf_counter() - started) * 1000
 
@@ -228,15 +234,15 @@ class Upstream:
         return headers
 
 
-def _public_request(sent: httpx.Request, credential: ReleasedCredential) -> httpx.Request:
-    """The sent request's method and URL only: no headers, no query parameter carrying the credential,
-    and no echo of it a redirect may have put in the URL."""
-    url = sent.url.copy_remove_param(credential.injection.query) if credential.injection.query else sent.url
+def _public_url(sent: httpx.URL, credential: ReleasedCredential, redirected: bool) -> httpx.URL | str:
+    """The sent URL without a query parameter carrying the credential, and without an echo of it that a
+    redirect may have put there. The caller's own URL, sent as it was, is handed back as it is."""
+    if not credential.injection.query and not redirected:
+        return sent
+    url = sent.copy_remove_param(credential.injection.query) if credential.injection.query else sent
     text = str(url)
     clean = redact_text(text, [credential.token])
-    # An unchanged URL is handed over as the parsed object: parsing it again costs more than the call's
-    # own bookkeeping.
-    return httpx.Request(sent.method, url if clean == text else clean)
+    return url if clean == text else clean
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -247,13 +253,6 @@ def _json_bytes(value: Any) -> bytes:
 def _may_have_left(exc: httpx.HTTPError) -> bool:
     """False only when no byte of the request can have reached the provider (no connection was made)."""
     return not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
-
-
-def _host_of(url: str) -> str:
-    try:
-        return str(httpx.URL(url).host)
-    except (httpx.InvalidURL, TypeError):
-        return "an invalid URL"
 
 
 def _query_value(value: Any) -> Any:

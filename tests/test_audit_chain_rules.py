@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from alter_agents.vault.audit_chain import GENESIS, chain_key, link, verify
+from alter_agents.vault.audit_chain import GENESIS, link, verify
 
-KEY = chain_key(b"k" * 32)
+KEY = b"k" * 32
 
 
 def _chain(n: int) -> list[dict[str, Any]]:
@@ -51,7 +51,7 @@ def test_an_inserted_row_is_named() -> None:
 def test_rehashing_without_the_key_does_not_help() -> None:
     rows = _chain(3)
     rows[1]["path"] = "/other"
-    rows[1]["hash"] = link(chain_key(b"x" * 32), rows[0]["hash"], rows[1])
+    rows[1]["hash"] = link(b"x" * 32, rows[0]["hash"], rows[1])
     assert verify(KEY, rows).problem == "changed"
 
 

@@ -114,6 +114,22 @@ def _entries(hosts: Iterable[str]) -> list[HostEntry]:
     return entries
 
 
+@functools.lru_cache(maxsize=1024)
+def parse_url(url: str) -> httpx.URL:
+    """`url` parsed once: an agent repeats its URLs, and parsing costs more than a call's own checks.
+    Raises `httpx.InvalidURL` or `TypeError` like `httpx.URL` (failures are not cached)."""
+    return httpx.URL(url)
+
+
+def host_of(url: str, default: str = "") -> str:
+    """`url`'s host, or `default` when it does not parse (for messages and span attributes; never its
+    query string, where a credential may ride)."""
+    try:
+        return str(parse_url(url).host)
+    except (httpx.InvalidURL, TypeError):
+        return default
+
+
 def _normal_host(url: httpx.URL) -> str:
     return url.host.lower().rstrip(".")
 
@@ -128,7 +144,7 @@ def url_matches(url: httpx.URL, hosts: Iterable[str]) -> bool:
 def claims(url: str, hosts: Iterable[str]) -> bool:
     """True when `url` (any scheme http/https) is one a provider with `hosts` serves."""
     try:
-        parsed = httpx.URL(url)
+        parsed = parse_url(url)
     except (httpx.InvalidURL, TypeError):
         return False
     return parsed.scheme in DEFAULT_PORTS and url_matches(parsed, hosts)
@@ -143,7 +159,7 @@ def check_destination(url: str, provider: str, hosts: Iterable[str], allow_http:
 def _check_destination(url: str, provider: str, hosts: tuple[str, ...], allow_http: bool) -> httpx.URL:
     """Pure, so an agent's repeated URLs are parsed once; refusals are raised, never cached."""
     try:
-        parsed = httpx.URL(url)
+        parsed = parse_url(url)
     except (httpx.InvalidURL, TypeError) as exc:
         raise HostNotAllowedError(url, provider, hosts, reason=f"it is not a valid URL ({exc})") from None
     host = _normal_host(parsed)
@@ -209,7 +225,7 @@ def refuse_caller_parts(
     names = [k for k in (query or {}) if k.lower() == param]
     if url:
         with contextlib.suppress(httpx.InvalidURL, TypeError):
-            names += [k for k in httpx.URL(url).params if k.lower() == param]
+            names += [k for k in parse_url(url).params if k.lower() == param]
     if names:
         raise InvalidArgumentsError(
             f"Do not send the query parameter {names[0]}: the credential is added for you. Remove it and call "

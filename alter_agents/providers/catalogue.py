@@ -121,7 +121,7 @@ def _problems(exc: ValidationError) -> str:
 
 def _where(url: str) -> str:
     try:
-        return binding.entry_for(httpx.URL(url))
+        return binding.entry_for(binding.parse_url(url))
     except (httpx.InvalidURL, TypeError):
         return url
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -27,11 +28,17 @@ class InjectSpec(BaseModel):
         return value
 
     def to_injection(self) -> Injection:
-        if self.query:
-            return Injection(header=None, query=self.query)
-        if self.basic:
-            return Injection(header=None, basic=True)
-        return Injection(header=self.header or "Authorization", format=self.format)
+        return _injection(self.header, self.format, self.query, self.basic)
+
+
+@functools.lru_cache(maxsize=256)
+def _injection(header: str | None, format: str, query: str | None, basic: bool) -> Injection:
+    """One immutable `Injection` per distinct spec: asked for on every release."""
+    if query:
+        return Injection(header=None, query=query)
+    if basic:
+        return Injection(header=None, basic=True)
+    return Injection(header=header or "Authorization", format=format)
 
 
 class AccountLookup(BaseModel):

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from html import escape
 from typing import TypeVar, cast
 
-import httpx
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from alter_agents.errors import AlterError, AmbiguousGrantError, InvalidArgumentsError
 from alter_agents.models import Grant
+from alter_agents.providers.binding import host_of
 from alter_agents.server.auth import ApiKeyUser
 from alter_agents.server.hosted import HostedConnect, LinkNotFound
 from alter_agents.server.render import candidate, grant_item, token_response
@@ -203,11 +203,7 @@ async def health(_request: Request) -> Response:
 
 
 def _absolute(url: str) -> str:
-    try:
-        host = httpx.URL(url).host
-    except (httpx.InvalidURL, TypeError):
-        host = ""
-    if not host:
+    if not host_of(url):
         raise InvalidArgumentsError(f"{url!r} is not an absolute URL.")
     return url
 

@@ -193,7 +193,7 @@ def _body(response: ApiResponse, limit: int) -> tuple[Any, bool]:
 
 
 def _looks_binary(sample: bytes) -> bool:
-    return b"\x00" in sample
+    return sample.find(b"\x00") >= 0  # not `in`: on bytes it first tries the operand as an int
 
 
 def _names(ref: AccountRef, chosen: str) -> bool:

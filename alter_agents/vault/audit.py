@@ -37,10 +37,14 @@ class AuditWriter:
 
     def add(self, action: str, **fields: Any) -> None:
         """Queue one row; it is written within about `FLUSH_DELAY` seconds."""
+        self.add_row({"at": time.time(), "action": action, **fields})
+
+    def add_row(self, row: dict[str, Any]) -> None:
+        """Queue one row already holding `at` and `action` (the request path builds it once)."""
         if len(self._pending) >= MAX_PENDING:
             self._pending.pop(0)
             self._dropped += 1
-        self._pending.append({"at": time.time(), "action": action, **fields})
+        self._pending.append(row)
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
             self._task = loop.create_task(self._flush_soon())

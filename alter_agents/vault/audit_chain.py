@@ -11,6 +11,7 @@ the hash of the last pruned row as the new anchor, so the rest still verifies.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 GENESIS = "0" * 64
-_CONTEXT = b"alter-audit-chain-v1"
+PURPOSE = b"alter-audit-chain-v1"  # the chain key is `crypto.derive(vault key, PURPOSE)`
 
 # The columns a row's hash covers, in order. Adding a column appends here (old rows hash it as null).
 CHAINED = (
@@ -29,22 +30,21 @@ CHAINED = (
 )
 
 
-def chain_key(vault_key: bytes) -> bytes:
-    """A key for the chain only, derived from the raw vault key (as `crypto.derive` does)."""
-    return hmac.new(vault_key, _CONTEXT, hashlib.sha256).digest()
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 
 
 def link(key: bytes, previous: str, row: Mapping[str, Any]) -> str:
-    """The hash of `row` chained to `previous`."""
-    body = json.dumps([_canonical(row.get(c)) for c in CHAINED], separators=(",", ":"), ensure_ascii=True)
-    return hmac.new(key, previous.encode() + b"\n" + body.encode(), hashlib.sha256).hexdigest()
+    """The hash of `row` chained to `previous`. Floats are hashed as fixed text, so both stores (SQLite
+    REAL, PostgreSQL double) hash the same row alike."""
+    values = [format(v, ".6f") if isinstance(v, float) else v for v in map(row.get, CHAINED)]
+    mac = _keyed(key).copy()  # the key's HMAC state, set up once, not per row
+    mac.update(f"{previous}\n{_ENCODER.encode(values)}".encode())
+    return mac.hexdigest()
 
 
-def _canonical(value: Any) -> Any:
-    """Floats as fixed text, so both stores (SQLite REAL, PostgreSQL double) hash the same row alike."""
-    if isinstance(value, float):
-        return format(value, ".6f")
-    return value
+@functools.lru_cache(maxsize=8)
+def _keyed(key: bytes) -> hmac.HMAC:
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 Problem = Literal["changed", "removed", "inserted"]

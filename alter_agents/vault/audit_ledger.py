@@ -7,6 +7,8 @@ writer, a row lock on PostgreSQL), so concurrent writers and several replicas ex
 
 from __future__ import annotations
 
+import functools
+import operator
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ HEAD_KEY = "audit_head"  # "<seq>:<hash>" of the newest row
 ANCHOR_KEY = "audit_anchor"  # "<seq>:<hash>" of the newest pruned row: where the remaining chain starts
 LEGACY_KEY = "audit_legacy_max_id"  # rows up to this id predate the chain (schema < 5)
 COLUMNS = tuple(c.name for c in audit.columns if c.name != "id")
+_EMPTY = dict.fromkeys(COLUMNS)
+_values = operator.itemgetter(*COLUMNS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,24 +56,26 @@ async def append(conn: AsyncConnection, rows: Sequence[dict[str, Any]], key: byt
     """Insert rows at the end of the chain, inside the caller's write transaction."""
     head = await _read_pointer(conn, HEAD_KEY, lock=True)
     seq, previous = head if head else (0, audit_chain.GENESIS)
-    values: list[dict[str, Any]] = []
+    params: list[tuple[Any, ...]] = []
     for row in rows:
         seq += 1
-        full = {c: row.get(c) for c in COLUMNS}
+        full = {**_EMPTY, **row}
         full["at"] = full["at"] if full["at"] is not None else time.time()
         full["outcome"] = full["outcome"] or outcome_of(full)
         full["seq"], full["prev_hash"] = seq, previous
-        full["hash"] = audit_chain.link(key or b"", previous, full)
-        previous = str(full["hash"])
-        values.append(full)
+        full["hash"] = previous = audit_chain.link(key or b"", previous, full)
+        params.append(_values(full))
     # A plain driver-level executemany: SQLAlchemy's per-row parameter processing costs several times the
     # insert itself, and the writer shares the event loop with the calls it audits.
-    style = conn.dialect.paramstyle
-    marks = [f"${i}" if style == "numeric_dollar" else "?" if style == "qmark" else "%s"
-             for i in range(1, len(COLUMNS) + 1)]
-    sql = f"INSERT INTO {audit.name} ({', '.join(COLUMNS)}) VALUES ({', '.join(marks)})"  # noqa: S608 (our names)
-    await conn.exec_driver_sql(sql, [tuple(v[c] for c in COLUMNS) for v in values])
+    await conn.exec_driver_sql(_insert_sql(conn.dialect.paramstyle), params)
     await _write_pointer(conn, HEAD_KEY, seq, previous, existed=head is not None)
+
+
+@functools.lru_cache(maxsize=4)
+def _insert_sql(paramstyle: str) -> str:
+    marks = [f"${i}" if paramstyle == "numeric_dollar" else "?" if paramstyle == "qmark" else "%s"
+             for i in range(1, len(COLUMNS) + 1)]
+    return f"INSERT INTO {audit.name} ({', '.join(COLUMNS)}) VALUES ({', '.join(marks)})"  # noqa: S608 (our names)
 
 
 async def entries(conn: AsyncConnection, where: AuditFilter) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -28,6 +29,7 @@ def generate_key() -> str:
     return base64.urlsafe_b64encode(AESGCM.generate_key(bit_length=256)).decode()
 
 
+@functools.lru_cache(maxsize=4096)
 def grant_binding(grant_id: str, owner: str, provider: str) -> str:
     """The associated data of a grant's credential: the row it belongs to, unambiguously encoded."""
     return json.dumps(["alter-grant-v2", grant_id, owner, provider], separators=(",", ":"))

@@ -15,6 +15,7 @@ from alter_agents.approval import ApprovalRequest, Approver
 from alter_agents.errors import ApprovalRequiredError, PolicyDeniedError
 from alter_agents.models import Grant
 from alter_agents.policy import Policy
+from alter_agents.providers.binding import parse_url
 from alter_agents.vault.audit import AuditWriter
 from alter_agents.vault.memory import Memory, MemoryKey
 
@@ -31,7 +32,7 @@ class PolicyGate:
     async def check(self, grant: Grant, *, principals: list[str], principal: str, method: str, url: str,
                     approver: Approver | None, scope: str) -> str | None:
         """Raise when the call may not go; otherwise return what the audit row should say of the decision."""
-        target = httpx.URL(url)
+        target = parse_url(url)
         method = method.upper()
         decision = self.policy.decide(grant.provider, method, target.path, principals)
         if decision.effect == "allow":

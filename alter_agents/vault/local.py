@@ -33,11 +33,11 @@ from alter_agents.models import (
 )
 from alter_agents.policy import Policy
 from alter_agents.providers import Providers, ProviderSpec
-from alter_agents.providers.binding import check_destination
+from alter_agents.providers.binding import check_destination, parse_url
 from alter_agents.sessions import DEFAULT_SCOPE
 from alter_agents.settings import Settings
 from alter_agents.telemetry import Correlation
-from alter_agents.vault import oauth
+from alter_agents.vault import audit_chain, oauth
 from alter_agents.vault.audit import AuditWriter
 from alter_agents.vault.audit_chain import ChainReport
 from alter_agents.vault.audit_ledger import AuditFilter
@@ -105,7 +105,7 @@ class LocalVault:
                     "Nothing was changed; see 'Recovering the vault key' in docs/vault.md."
                 )
             await self.store.reseal_grants(functools.partial(reseal, cipher))
-            self.store.audit_key = derive(key, b"alter-audit-chain-v1")
+            self.store.audit_key = derive(key, audit_chain.PURPOSE)
             self._cipher_obj = cipher
 
     def _cipher(self) -> Cipher:
@@ -439,11 +439,12 @@ class LocalVault:
         correlation: Correlation | None = None,
     ) -> None:
         host, path = _host_and_path(url)
-        self.audit_log.add(
-            action, principal=principal, grant_id=grant.grant_id, provider=grant.provider,
-            method=method.upper(), host=host, path=path, status=status,
-            latency_ms=latency_ms, detail=error, **(correlation.audit_fields() if correlation else {}),
-        )
+        row = {"at": time.time(), "action": action, "principal": principal, "grant_id": grant.grant_id,
+               "provider": grant.provider, "method": method.upper(), "host": host, "path": path, "status": status,
+               "latency_ms": latency_ms, "detail": error}
+        if correlation is not None:
+            row.update(correlation.audit_fields())
+        self.audit_log.add_row(row)
 
     async def audit_query(self, where: AuditFilter) -> list[AuditEntry]:
         """Audit rows matching `where`, newest first (rows still queued are written first)."""
@@ -471,7 +472,7 @@ class LocalVault:
 
 @functools.lru_cache(maxsize=1024)
 def _host_and_path(url: str) -> tuple[str, str]:
-    parsed = httpx.URL(url)
+    parsed = parse_url(url)
     return parsed.host, parsed.path
 
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, delete, event, func, insert, inspect, select, text, update
+from sqlalchemy import Connection, Table, delete, event, func, insert, inspect, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -49,25 +49,24 @@ def _v2_to_v3(conn: Connection) -> None:
 
 def _v3_to_v4(conn: Connection) -> None:
     """Typed connect errors, and a flag asking the next open (which has the key) to re-seal the grants."""
-    columns = {c["name"] for c in inspect(conn).get_columns(connect_sessions.name)}
-    for column in ("error_code", "browser"):
-        if column not in columns:
-            conn.execute(text(f"ALTER TABLE {connect_sessions.name} ADD COLUMN {column} VARCHAR(64)"))
-    for index in connect_sessions.indexes:
-        index.create(conn, checkfirst=True)
+    _add_columns(conn, connect_sessions, {"error_code": "VARCHAR(64)", "browser": "VARCHAR(64)"})
     conn.execute(insert(meta).values(key=schema.GRANT_RESEAL_PENDING, value=b"1"))
 
 
 def _v4_to_v5(conn: Connection) -> None:
     """Audit correlation and tamper evidence: new columns; rows written before stay outside the chain."""
-    columns = {c["name"] for c in inspect(conn).get_columns(audit.name)}
-    for name in schema.AUDIT_V5_COLUMNS:
-        if name not in columns:
-            kind = "BIGINT" if name == "seq" else "VARCHAR(128)"
-            conn.execute(text(f"ALTER TABLE {audit.name} ADD COLUMN {name} {kind}"))
-    for index in audit.indexes:
-        index.create(conn, checkfirst=True)
+    _add_columns(conn, audit, {name: "BIGINT" if name == "seq" else "VARCHAR(128)" for name in schema.AUDIT_V5_COLUMNS})
     _start_audit_chain(conn)
+
+
+def _add_columns(conn: Connection, table: Table, columns: dict[str, str]) -> None:
+    """Add the columns a table lacks (name: SQL type), then its indexes: a migration may be re-run safely."""
+    present = {c["name"] for c in inspect(conn).get_columns(table.name)}
+    for name, kind in columns.items():
+        if name not in present:
+            conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}"))
+    for index in table.indexes:
+        index.create(conn, checkfirst=True)
 
 
 def _start_audit_chain(conn: Connection) -> None:
