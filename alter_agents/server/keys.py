@@ -143,13 +143,13 @@ class ApiKeys:
         """The active key behind `key`, or `KeyRejected`."""
         if not key:
             raise KeyRejected("invalid_key", "Send the API key in the x-api-key header.")
-        if not is_well_formed(key):
-            raise KeyRejected("invalid_key", "The API key is malformed (bad format or checksum).")
         digest = key_hash(key)
         now = time.monotonic()
         trusted = self._trusted.get(digest)
         if trusted is not None and trusted[0] > now:
-            return trusted[1]
+            return trusted[1]  # well-formed: it was checked before it was trusted
+        if not is_well_formed(key):
+            raise KeyRejected("invalid_key", "The API key is malformed (bad format or checksum).")
         async with self._store.transaction() as conn:
             row = (await conn.execute(select(api_keys).where(api_keys.c.key_hash == digest))).first()
         if row is None:

@@ -1,0 +1,172 @@
+"""Writing the nonce ledger's rows at driver level, on a connection of the ledger's own.
+
+A nonce batch is one statement on the hot path of every signed request, and SQLAlchemy's Core and pool
+machinery cost more than the statement itself (measured: ~300 µs of CPU per batch on PostgreSQL and
+~800 µs through aiosqlite, against ~65 µs and ~60 µs here). So each store gets one long-lived
+connection: asyncpg's, reached through SQLAlchemy so the store URL means what it means everywhere else,
+or a `sqlite3` connection living in one worker thread. Both insert a batch in one statement and return
+the nonces that were new; the rest were already in the table (replays).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+
+from alter_agents.errors import VaultUnavailableError
+from alter_agents.vault.schema import nonces
+from alter_agents.vault.store import SQLITE_BUSY_TIMEOUT_MS, Store, _outage
+
+Row = tuple[str, str, float]  # nonce, key id, seen at
+_PG_INSERT = (
+    "INSERT INTO alter_nonces (nonce, key_id, seen_at) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::float8[]) "
+    "ON CONFLICT (nonce) DO NOTHING RETURNING nonce"
+)
+_SQLITE_ROWS_PER_STATEMENT = 300  # 3 parameters a row, under SQLite's 999-parameter floor
+
+
+class NonceRows(Protocol):
+    async def insert(self, rows: Sequence[Row]) -> set[str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def nonce_rows(store: Store) -> NonceRows:
+    if store.dialect == "postgresql":
+        return PostgresRows(store.url)
+    database = make_url(store.url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return StoreRows(store)  # a private database only the store's own connection can reach
+    return SqliteRows(store, database)
+
+
+def _unavailable(exc: BaseException) -> VaultUnavailableError:
+    return VaultUnavailableError(
+        f"The vault's database is unavailable right now ({type(exc).__name__}); try again shortly.")
+
+
+class PostgresRows:
+    """Autocommit inserts with `synchronous_commit = off`: visible to every replica at once, no fsync wait."""
+
+    def __init__(self, url: str) -> None:
+        self._engine = create_async_engine(
+            url, pool_size=1, max_overflow=0, isolation_level="AUTOCOMMIT",
+            connect_args={"server_settings": {"synchronous_commit": "off"}},
+        )
+        self._conn: AsyncConnection | None = None
+        self._driver: Any = None  # asyncpg.Connection
+
+    async def insert(self, rows: Sequence[Row]) -> set[str]:
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        for attempt in (1, 2):  # a connection the database dropped fails once, then is replaced
+            driver = await self._connect()
+            try:
+                return {record[0] for record in await driver.fetch(_PG_INSERT, *columns)}
+            except BaseException as exc:
+                await self._discard()  # a failed or cancelled statement leaves the connection in doubt
+                if not _connection_lost(exc):
+                    raise
+                if attempt == 2:
+                    raise _unavailable(exc) from exc
+        raise AssertionError("unreachable")
+
+    async def _connect(self) -> Any:
+        if self._conn is None:
+            try:
+                conn = await self._engine.connect()
+            except (DBAPIError, OSError) as exc:
+                raise (_outage(exc) or exc) from exc
+            self._driver = (await conn.get_raw_connection()).driver_connection
+            self._conn = conn
+        return self._driver
+
+    async def _discard(self) -> None:
+        conn, self._conn, self._driver = self._conn, None, None
+        if conn is not None:
+            await conn.invalidate()
+            await conn.close()
+
+    async def aclose(self) -> None:
+        await self._discard()
+        await self._engine.dispose()
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    import asyncpg
+
+    state = str(getattr(exc, "sqlstate", "") or "")
+    return isinstance(exc, OSError | asyncpg.InterfaceError) or state.startswith(("08", "57P"))
+
+
+class SqliteRows:
+    """One `sqlite3` connection in one worker thread; batches take this process's writer turn."""
+
+    def __init__(self, store: Store, path: str) -> None:
+        self._store = store
+        self._path = path
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="alter-nonces")
+        self._db: sqlite3.Connection | None = None
+
+    async def insert(self, rows: Sequence[Row]) -> set[str]:
+        async with self._store.writer_turn():
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self._thread, self._insert, rows)
+            except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk gone, ...
+                raise _unavailable(exc) from exc
+
+    def _insert(self, rows: Sequence[Row]) -> set[str]:
+        if self._db is None:
+            self._db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            self._db.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+        db = self._db
+        fresh: set[str] = set()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT):
+                chunk = rows[start:start + _SQLITE_ROWS_PER_STATEMENT]
+                values = ",".join(["(?, ?, ?)"] * len(chunk))  # placeholders only: the rows are parameters
+                cursor = db.execute(
+                    f"INSERT INTO alter_nonces (nonce, key_id, seen_at) VALUES {values} "  # noqa: S608
+                    "ON CONFLICT (nonce) DO NOTHING RETURNING nonce", [v for row in chunk for v in row])
+                fresh.update(r[0] for r in cursor.fetchall())
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return fresh
+
+    async def aclose(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
+        self._thread.shutdown()
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+class StoreRows:
+    """Through the store's own connections: for an in-memory SQLite store, which no other connection sees."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def insert(self, rows: Sequence[Row]) -> set[str]:
+        values = [{"nonce": n, "key_id": key, "seen_at": at} for n, key, at in rows]
+        async with self._store.transaction(write=True) as conn:
+            result = await conn.execute(sqlite.insert(nonces).values(values)
+                                        .on_conflict_do_nothing(index_elements=["nonce"]).returning(nonces.c.nonce))
+            return set(result.scalars())
+
+    async def aclose(self) -> None:
+        return None
