@@ -128,21 +128,14 @@ class SqliteRows:
             self._db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             self._db.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             self._db.execute("PRAGMA synchronous = NORMAL")
-        db = self._db
         fresh: set[str] = set()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT):
-                chunk = rows[start:start + _SQLITE_ROWS_PER_STATEMENT]
-                values = ",".join(["(?, ?, ?)"] * len(chunk))  # placeholders only: the rows are parameters
-                cursor = db.execute(
-                    f"INSERT INTO alter_nonces (nonce, key_id, seen_at) VALUES {values} "  # noqa: S608
-                    "ON CONFLICT (nonce) DO NOTHING RETURNING nonce", [v for row in chunk for v in row])
-                fresh.update(r[0] for r in cursor.fetchall())
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT):  # each statement commits on its own
+            chunk = rows[start:start + _SQLITE_ROWS_PER_STATEMENT]
+            values = ",".join(["(?, ?, ?)"] * len(chunk))  # placeholders only: the rows are parameters
+            cursor = self._db.execute(
+                f"INSERT INTO alter_nonces (nonce, key_id, seen_at) VALUES {values} "  # noqa: S608
+                "ON CONFLICT (nonce) DO NOTHING RETURNING nonce", [v for row in chunk for v in row])
+            fresh.update(r[0] for r in cursor.fetchall())
         return fresh
 
     async def aclose(self) -> None:
