@@ -100,3 +100,27 @@ async def test_a_database_that_stays_down_is_a_retryable_error(store: Store) -> 
             await ledger.remember("key", secrets.token_hex(16))
     finally:
         await ledger.aclose()
+
+
+async def test_on_sqlite_a_write_lock_held_by_another_process_makes_the_batch_wait_not_fail(sqlite_url: str) -> None:
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    store = Store(sqlite_url)
+    await store.migrate()
+    ledger = NonceLedger(store)
+    other = sqlite3.connect(str(make_url(sqlite_url).database), isolation_level=None)
+    try:
+        assert await _accepted(ledger, "before-the-lock-0001")
+        other.execute("BEGIN IMMEDIATE")  # as another process writing would
+        waiting = asyncio.ensure_future(_accepted(ledger, "during-the-lock-01"))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # neither refused nor failed: waiting for the lock
+        other.execute("COMMIT")
+        assert await asyncio.wait_for(waiting, 10)
+        assert not await _accepted(NonceLedger(store), "during-the-lock-01")
+    finally:
+        other.close()
+        await ledger.aclose()
+        await store.close()

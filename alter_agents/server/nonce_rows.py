@@ -108,44 +108,80 @@ def _connection_lost(exc: BaseException) -> bool:
 
 
 class SqliteRows:
-    """One `sqlite3` connection in one worker thread; batches take this process's writer turn."""
+    """`sqlite3` connections of the ledger's own; batches take this process's writer turn.
+
+    A batch is written on the event loop when SQLite's write lock is free at once, else in a worker
+    thread that waits for it. The exception to "no SQLite I/O on the loop" is measured and bounded:
+    under load the thread hop cost ~150 µs of CPU per batch and milliseconds of latency (the worker
+    waits for the GIL at each step of the statement), while the statement itself takes ~25 µs. The
+    loop's connection never waits (`busy_timeout = 0`: a lock held by another process sends the batch to
+    the thread) and never checkpoints (`wal_autocheckpoint = 0`: the WAL is copied back, with its fsync,
+    by the store's own connections when they commit), so all it does is append to the WAL.
+    """
 
     def __init__(self, store: Store, path: str) -> None:
         self._store = store
         self._path = path
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="alter-nonces")
-        self._db: sqlite3.Connection | None = None
+        self._inline: sqlite3.Connection | None = None
+        self._waiting: sqlite3.Connection | None = None
 
     async def insert(self, rows: Sequence[Row]) -> set[str]:
         async with self._store.writer_turn():
             try:
-                return await asyncio.get_running_loop().run_in_executor(self._thread, self._insert, rows)
+                if self._inline is None:
+                    self._inline = self._connect(busy_timeout_ms=0)
+                    self._inline.execute("PRAGMA wal_autocheckpoint = 0")
+                return _insert(self._inline, rows)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:  # the primary code of an extended one
+                    raise _unavailable(exc) from exc
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self._thread, self._insert_waiting, rows)
             except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk gone, ...
                 raise _unavailable(exc) from exc
 
-    def _insert(self, rows: Sequence[Row]) -> set[str]:
-        if self._db is None:
-            self._db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            self._db.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-        fresh: set[str] = set()
-        for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT):  # each statement commits on its own
+    def _connect(self, *, busy_timeout_ms: int) -> sqlite3.Connection:
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        db.execute("PRAGMA synchronous = NORMAL")
+        return db
+
+    def _insert_waiting(self, rows: Sequence[Row]) -> set[str]:
+        if self._waiting is None:
+            self._waiting = self._connect(busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS)
+        return _insert(self._waiting, rows)
+
+    async def aclose(self) -> None:
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._close_waiting)
+        self._thread.shutdown()
+
+    def _close_waiting(self) -> None:
+        if self._waiting is not None:
+            self._waiting.close()
+            self._waiting = None
+
+
+def _insert(db: sqlite3.Connection, rows: Sequence[Row]) -> set[str]:
+    """One transaction taking the write lock first (so it never fails halfway for a lock); the new nonces."""
+    fresh: set[str] = set()
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT):
             chunk = rows[start:start + _SQLITE_ROWS_PER_STATEMENT]
             values = ",".join(["(?, ?, ?)"] * len(chunk))  # placeholders only: the rows are parameters
-            cursor = self._db.execute(
+            cursor = db.execute(
                 f"INSERT INTO alter_nonces (nonce, key_id, seen_at) VALUES {values} "  # noqa: S608
                 "ON CONFLICT (nonce) DO NOTHING RETURNING nonce", [v for row in chunk for v in row])
             fresh.update(r[0] for r in cursor.fetchall())
-        return fresh
-
-    async def aclose(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
-        self._thread.shutdown()
-
-    def _close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return fresh
 
 
 class StoreRows:
