@@ -37,6 +37,9 @@ _SQLITE_ROWS_PER_STATEMENT = 300  # 3 parameters a row, under SQLite's 999-param
 class NonceRows(Protocol):
     async def insert(self, rows: Sequence[Row]) -> set[str]: ...
 
+    def insert_now(self, rows: Sequence[Row]) -> set[str] | None:
+        """Write without waiting for anything, or None: then `insert` it."""
+
     async def aclose(self) -> None: ...
 
 
@@ -79,6 +82,9 @@ class PostgresRows:
                     raise _unavailable(exc) from exc
         raise AssertionError("unreachable")
 
+    def insert_now(self, rows: Sequence[Row]) -> set[str] | None:
+        return None  # a round trip: always through the batch
+
     async def _connect(self) -> Any:
         if self._conn is None:
             try:
@@ -104,7 +110,9 @@ def _connection_lost(exc: BaseException) -> bool:
     import asyncpg
 
     state = str(getattr(exc, "sqlstate", "") or "")
-    return isinstance(exc, OSError | asyncpg.InterfaceError) or state.startswith(("08", "57P"))
+    # InternalClientError: the protocol was left mid-operation (seen when the server ended the session)
+    in_doubt = (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+    return isinstance(exc, in_doubt) or state.startswith(("08", "57P"))
 
 
 class SqliteRows:
@@ -126,16 +134,26 @@ class SqliteRows:
         self._inline: sqlite3.Connection | None = None
         self._waiting: sqlite3.Connection | None = None
 
+    def insert_now(self, rows: Sequence[Row]) -> set[str] | None:
+        """One autocommit statement on the loop's connection; None if the write lock is taken (or the batch
+        needs more than one statement, which must not commit halfway)."""
+        if len(rows) > _SQLITE_ROWS_PER_STATEMENT:
+            return None
+        try:
+            if self._inline is None:
+                self._inline = self._connect(busy_timeout_ms=0)
+                self._inline.execute("PRAGMA wal_autocheckpoint = 0")
+            return {r[0] for r in self._inline.execute(_sqlite_insert(len(rows)), _flat(rows)).fetchall()}
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:  # the primary code of an extended one
+                raise _unavailable(exc) from exc
+            return None  # this process's store writer or another process holds the lock
+
     async def insert(self, rows: Sequence[Row]) -> set[str]:
+        fresh = self.insert_now(rows)
+        if fresh is not None:
+            return fresh
         async with self._store.writer_turn():
-            try:
-                if self._inline is None:
-                    self._inline = self._connect(busy_timeout_ms=0)
-                    self._inline.execute("PRAGMA wal_autocheckpoint = 0")
-                return _insert(self._inline, rows)
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:  # the primary code of an extended one
-                    raise _unavailable(exc) from exc
             try:
                 return await asyncio.get_running_loop().run_in_executor(self._thread, self._insert_waiting, rows)
             except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk gone, ...
@@ -165,6 +183,16 @@ class SqliteRows:
             self._waiting = None
 
 
+def _sqlite_insert(count: int) -> str:
+    values = ",".join(["(?, ?, ?)"] * count)  # placeholders only: the rows are parameters
+    return (f"INSERT INTO alter_nonces (nonce, key_id, seen_at) VALUES {values} "  # noqa: S608
+            "ON CONFLICT (nonce) DO NOTHING RETURNING nonce")
+
+
+def _flat(rows: Sequence[Row]) -> list[str | float]:
+    return [value for row in rows for value in row]
+
+
 def _insert(db: sqlite3.Connection, rows: Sequence[Row]) -> set[str]:
     """One transaction taking the write lock first (so it never fails halfway for a lock); the new nonces."""
     fresh: set[str] = set()
@@ -172,11 +200,7 @@ def _insert(db: sqlite3.Connection, rows: Sequence[Row]) -> set[str]:
     try:
         for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT):
             chunk = rows[start:start + _SQLITE_ROWS_PER_STATEMENT]
-            values = ",".join(["(?, ?, ?)"] * len(chunk))  # placeholders only: the rows are parameters
-            cursor = db.execute(
-                f"INSERT INTO alter_nonces (nonce, key_id, seen_at) VALUES {values} "  # noqa: S608
-                "ON CONFLICT (nonce) DO NOTHING RETURNING nonce", [v for row in chunk for v in row])
-            fresh.update(r[0] for r in cursor.fetchall())
+            fresh.update(r[0] for r in db.execute(_sqlite_insert(len(chunk)), _flat(chunk)).fetchall())
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
@@ -189,6 +213,9 @@ class StoreRows:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+
+    def insert_now(self, rows: Sequence[Row]) -> set[str] | None:
+        return None
 
     async def insert(self, rows: Sequence[Row]) -> set[str]:
         values = [{"nonce": n, "key_id": key, "seen_at": at} for n, key, at in rows]

@@ -49,12 +49,26 @@ class NonceLedger:
         """Return once `nonce` is in the shared ledger; raise `replayed_nonce` if it already was."""
         if nonce in self._recent or nonce in self._queued:
             raise _replayed()
+        idle = not self._queued and (self._writer is None or self._writer.done())
+        if idle and self._since_prune < _PRUNE_EVERY:  # a driver that can write it right now, without waiting
+            fresh = self._rows.insert_now([(nonce, key_id, time.time())])
+            if fresh is not None:
+                self._remembered([nonce])
+                if nonce not in fresh:
+                    raise _replayed()
+                return
         accepted: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._queued[nonce] = (key_id, time.time(), accepted)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_queued())
-        if not await asyncio.shield(accepted):
+        if not await accepted:  # a caller cancelled here leaves its row to the batch; the writer checks done()
             raise _replayed()
+
+    def _remembered(self, written: list[str]) -> None:
+        if len(self._recent) + len(written) > _RECENT_MAX:
+            self._recent.clear()
+        self._recent.update(written)
+        self._since_prune += len(written)
 
     async def _write_queued(self) -> None:
         """Write what is queued, batch after batch: requests arriving during a write join the next one."""
@@ -74,13 +88,10 @@ class NonceLedger:
                 for _key, _at, accepted in batch.values():
                     accepted.cancel()
                 raise
-            if len(self._recent) + len(batch) > _RECENT_MAX:
-                self._recent.clear()
-            self._recent.update(batch)
+            self._remembered(list(batch))
             for nonce, (_key, _at, accepted) in batch.items():
                 if not accepted.done():
                     accepted.set_result(nonce in fresh)
-            self._since_prune += len(batch)
             if self._since_prune >= _PRUNE_EVERY:
                 self._since_prune = 0
                 await self.prune()
