@@ -62,13 +62,14 @@ async def test_each_store_gets_the_driver_level_writer(store: Store) -> None:
 async def test_an_in_memory_store_keeps_its_nonces_on_its_own_connection() -> None:
     store = Store("sqlite+aiosqlite://")
     await store.migrate()
-    ledger = NonceLedger(store)
+    ledger, second = NonceLedger(store), NonceLedger(store)
     try:
         assert isinstance(nonce_rows(store), StoreRows)
         assert await _accepted(ledger, "memory-nonce-0001")
-        assert not await _accepted(NonceLedger(store), "memory-nonce-0001")
+        assert not await _accepted(second, "memory-nonce-0001")
     finally:
         await ledger.aclose()
+        await second.aclose()
         await store.close()
 
 
@@ -109,7 +110,7 @@ async def test_on_sqlite_a_write_lock_held_by_another_process_makes_the_batch_wa
 
     store = Store(sqlite_url)
     await store.migrate()
-    ledger = NonceLedger(store)
+    ledger, second = NonceLedger(store), NonceLedger(store)
     other = sqlite3.connect(str(make_url(sqlite_url).database), isolation_level=None)
     try:
         assert await _accepted(ledger, "before-the-lock-0001")
@@ -119,8 +120,9 @@ async def test_on_sqlite_a_write_lock_held_by_another_process_makes_the_batch_wa
         assert not waiting.done()  # neither refused nor failed: waiting for the lock
         other.execute("COMMIT")
         assert await asyncio.wait_for(waiting, 10)
-        assert not await _accepted(NonceLedger(store), "during-the-lock-01")
+        assert not await _accepted(second, "during-the-lock-01")
     finally:
         other.close()
         await ledger.aclose()
+        await second.aclose()
         await store.close()
