@@ -2,10 +2,10 @@
 
 A nonce batch is one statement on the hot path of every signed request, and SQLAlchemy's Core and pool
 machinery cost more than the statement itself (measured: ~300 µs of CPU per batch on PostgreSQL and
-~800 µs through aiosqlite, against ~65 µs and ~60 µs here). So each store gets one long-lived
-connection: asyncpg's, reached through SQLAlchemy so the store URL means what it means everywhere else,
-or a `sqlite3` connection living in one worker thread. Both insert a batch in one statement and return
-the nonces that were new; the rest were already in the table (replays).
+~800 µs through aiosqlite, against ~65 µs and ~60 µs here). So each store gets long-lived
+connections of the ledger's own: asyncpg's, reached through SQLAlchemy so the store URL means what it
+means everywhere else, or `sqlite3` ones (see `SqliteRows`). Both insert a batch in one statement and
+return the nonces that were new; the rest were already in the table (replays).
 """
 
 from __future__ import annotations

@@ -3,14 +3,14 @@
 Every nonce is inserted into the shared table before its request is answered, so a replay sent to any
 replica within the skew window finds it there and is refused. What makes this cheap is group commit:
 the nonces of requests arriving together go in one `INSERT … ON CONFLICT DO NOTHING RETURNING`
-transaction (one writer turn on SQLite instead of one per request), and the rows it did not return are
-the replays. That statement goes over a connection of the ledger's own, at driver level (`nonce_rows`).
-On PostgreSQL it runs alone (autocommit: one round trip) with `synchronous_commit = off`: it is visible
-to every replica at once, but a crash of the database server itself (not of a replica) can forget the
-nonces of its last ~0.6 s (three `wal_writer_delay`s), which could then be replayed until their
-timestamps leave the skew window. Nothing else is written on that connection. A small cache of
-nonces seen by this process refuses same-process replays without a round trip; the table stays the
-authority.
+statement, and the rows it did not return are the replays. That statement goes over a connection of
+the ledger's own, at driver level (`nonce_rows`); on SQLite a nonce reaching an idle ledger is written
+at once when the write lock is free, with no queue at all. On PostgreSQL the statement runs alone
+(autocommit: one round trip) with `synchronous_commit = off`: it is visible to every replica at once,
+but a crash of the database server itself (not of a replica) can forget the nonces of its last ~0.6 s
+(three `wal_writer_delay`s), which could then be replayed until their timestamps leave the skew
+window. A small cache of nonces seen by this process refuses same-process replays without a round
+trip; the table stays the authority.
 """
 
 from __future__ import annotations
