@@ -17,11 +17,20 @@ from alter_agents.server.nonce_rows import PostgresRows, SqliteRows, StoreRows, 
 from alter_agents.server.nonces import NonceLedger
 from alter_agents.server.signing import SignatureRejected
 from alter_agents.vault.store import Store
+from tests.conftest import fresh_postgres
 
 
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[Store]:
     store = Store(store_url)
+    await store.migrate()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def pg_store() -> AsyncIterator[Store]:
+    store = Store(await fresh_postgres())
     await store.migrate()
     yield store
     await store.close()
@@ -73,9 +82,8 @@ async def test_an_in_memory_store_keeps_its_nonces_on_its_own_connection() -> No
         await store.close()
 
 
-async def test_a_connection_the_database_dropped_is_replaced_without_failing_a_request(store: Store) -> None:
-    if store.dialect != "postgresql":
-        pytest.skip("a PostgreSQL connection dropped by the server")
+async def test_a_connection_the_database_dropped_is_replaced_without_failing_a_request(pg_store: Store) -> None:
+    store = pg_store
     ledger = NonceLedger(store)
     try:
         assert await _accepted(ledger, secrets.token_hex(16))
@@ -89,12 +97,10 @@ async def test_a_connection_the_database_dropped_is_replaced_without_failing_a_r
         await ledger.aclose()
 
 
-async def test_a_database_that_stays_down_is_a_retryable_error(store: Store) -> None:
-    if store.dialect != "postgresql":
-        pytest.skip("a PostgreSQL server that cannot be reached")
+async def test_a_database_that_stays_down_is_a_retryable_error(pg_store: Store) -> None:
     from sqlalchemy.engine import make_url
 
-    unreachable = make_url(store.url).set(host="127.0.0.1", port=9).render_as_string(hide_password=False)
+    unreachable = make_url(pg_store.url).set(host="127.0.0.1", port=9).render_as_string(hide_password=False)
     ledger = NonceLedger(Store(unreachable))
     try:
         with pytest.raises(VaultUnavailableError):

@@ -4,8 +4,8 @@ A nonce batch is one statement on the hot path of every signed request, and SQLA
 machinery cost more than the statement itself (measured: ~300 µs of CPU per batch on PostgreSQL and
 ~800 µs through aiosqlite, against ~65 µs and ~60 µs here). So each store gets long-lived
 connections of the ledger's own: asyncpg's, reached through SQLAlchemy so the store URL means what it
-means everywhere else, or `sqlite3` ones (see `SqliteRows`). Both insert a batch in one statement and
-return the nonces that were new; the rest were already in the table (replays).
+means everywhere else, or a `sqlite3` one used in a worker thread (see `SqliteRows`). Both insert a batch
+in one statement and return the nonces that were new; the rest were already in the table (replays).
 """
 
 from __future__ import annotations
@@ -36,9 +36,6 @@ _SQLITE_ROWS_PER_STATEMENT = 300  # 3 parameters a row, under SQLite's 999-param
 
 class NonceRows(Protocol):
     async def insert(self, rows: Sequence[Row]) -> set[str]: ...
-
-    def insert_now(self, rows: Sequence[Row]) -> set[str] | None:
-        """Write without waiting for anything, or None: then `insert` it."""
 
     async def aclose(self) -> None: ...
 
@@ -82,9 +79,6 @@ class PostgresRows:
                     raise _unavailable(exc) from exc
         raise AssertionError("unreachable")
 
-    def insert_now(self, rows: Sequence[Row]) -> set[str] | None:
-        return None  # a round trip: always through the batch
-
     async def _connect(self) -> Any:
         if self._conn is None:
             try:
@@ -116,43 +110,16 @@ def _connection_lost(exc: BaseException) -> bool:
 
 
 class SqliteRows:
-    """`sqlite3` connections of the ledger's own; batches take this process's writer turn.
-
-    A batch is written on the event loop when SQLite's write lock is free at once, else in a worker
-    thread that waits for it. The exception to "no SQLite I/O on the loop" is measured and bounded:
-    under load the thread hop cost ~150 µs of CPU per batch and milliseconds of latency (the worker
-    waits for the GIL at each step of the statement), while the statement itself takes ~25 µs. The
-    loop's connection never waits (`busy_timeout = 0`: a lock held by another process sends the batch to
-    the thread) and never checkpoints (`wal_autocheckpoint = 0`: the WAL is copied back, with its fsync,
-    by the store's own connections when they commit), so all it does is append to the WAL.
-    """
+    """A `sqlite3` connection of the ledger's own, used in a worker thread (no SQLite I/O on the event loop);
+    batches take this process's writer turn, and each is one autocommit transaction."""
 
     def __init__(self, store: Store, path: str) -> None:
         self._store = store
         self._path = path
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="alter-nonces")
-        self._inline: sqlite3.Connection | None = None
         self._waiting: sqlite3.Connection | None = None
 
-    def insert_now(self, rows: Sequence[Row]) -> set[str] | None:
-        """One autocommit statement on the loop's connection; None if the write lock is taken (or the batch
-        needs more than one statement, which must not commit halfway)."""
-        if len(rows) > _SQLITE_ROWS_PER_STATEMENT:
-            return None
-        try:
-            if self._inline is None:
-                self._inline = self._connect(busy_timeout_ms=0)
-                self._inline.execute("PRAGMA wal_autocheckpoint = 0")
-            return {r[0] for r in self._inline.execute(_sqlite_insert(len(rows)), _flat(rows)).fetchall()}
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:  # the primary code of an extended one
-                raise _unavailable(exc) from exc
-            return None  # this process's store writer or another process holds the lock
-
     async def insert(self, rows: Sequence[Row]) -> set[str]:
-        fresh = self.insert_now(rows)
-        if fresh is not None:
-            return fresh
         async with self._store.writer_turn():
             try:
                 return await asyncio.get_running_loop().run_in_executor(self._thread, self._insert_waiting, rows)
@@ -171,9 +138,6 @@ class SqliteRows:
         return _insert(self._waiting, rows)
 
     async def aclose(self) -> None:
-        if self._inline is not None:
-            self._inline.close()
-            self._inline = None
         await asyncio.get_running_loop().run_in_executor(self._thread, self._close_waiting)
         self._thread.shutdown()
 
@@ -213,9 +177,6 @@ class StoreRows:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-
-    def insert_now(self, rows: Sequence[Row]) -> set[str] | None:
-        return None
 
     async def insert(self, rows: Sequence[Row]) -> set[str]:
         values = [{"nonce": n, "key_id": key, "seen_at": at} for n, key, at in rows]

@@ -49,14 +49,6 @@ class NonceLedger:
         """Return once `nonce` is in the shared ledger; raise `replayed_nonce` if it already was."""
         if nonce in self._recent or nonce in self._queued:
             raise _replayed()
-        idle = not self._queued and (self._writer is None or self._writer.done())
-        if idle and self._since_prune < _PRUNE_EVERY:  # a driver that can write it right now, without waiting
-            fresh = self._rows.insert_now([(nonce, key_id, time.time())])
-            if fresh is not None:
-                self._remembered([nonce])
-                if nonce not in fresh:
-                    raise _replayed()
-                return
         accepted: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._queued[nonce] = (key_id, time.time(), accepted)
         if self._writer is None or self._writer.done():
