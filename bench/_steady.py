@@ -97,6 +97,11 @@ async def alternate(base: Load, ours: Load, rounds: int, window: float, *, warm_
             await side.phase(window)
 
 
+def median_ratio(base: Load, ours: Load) -> float:
+    """The median of the rounds' throughput ratios: one slow spell of a shared machine moves it little."""
+    return statistics.median(o / b for o, b in zip(ours.rounds, base.rounds, strict=True))
+
+
 def round_ratios(base: Load, ours: Load) -> str:
     """Each round's throughput ratio, sorted, and their median."""
     ratios: Sequence[float] = sorted(o / b for o, b in zip(ours.rounds, base.rounds, strict=True))

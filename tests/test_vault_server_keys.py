@@ -3,6 +3,7 @@ vault keeps only a hash."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -63,3 +64,33 @@ async def test_a_created_key_is_stored_only_as_its_hash_and_the_hash_alone_lets_
             assert await client.list_grants() is not None  # the server found the key by its hash
         finally:
             await client.close()
+
+
+async def test_requests_that_find_a_key_expired_together_share_one_store_read(tmp_path: Path) -> None:
+    from sqlalchemy import event
+
+    from alter_agents.server.keys import ApiKeys, KeyRejected
+    from alter_agents.vault.store import Store
+
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'vault.db'}")
+    await store.migrate()
+    reads: list[str] = []
+    event.listen(store.engine.sync_engine, "before_cursor_execute",
+                 lambda _c, _cur, statement, *_a: reads.append(statement) if "FROM alter_api_keys" in statement
+                 else None)
+    try:
+        keys = ApiKeys(store)
+        key, info = await keys.create("burst")
+        answers = await asyncio.gather(*(keys.authenticate(key) for _ in range(20)))
+        assert {a.key_id for a in answers} == {info.key_id}
+        assert len(reads) == 1
+        unknown = generate_key()
+        refused = await asyncio.gather(*(keys.authenticate(unknown) for _ in range(5)), return_exceptions=True)
+        assert all(isinstance(r, KeyRejected) and r.code == "invalid_key" for r in refused)
+        assert len(reads) == 2
+        await keys.revoke(info.key_id)  # through this process: refused at once, cache or not
+        with pytest.raises(KeyRejected) as revoked:
+            await keys.authenticate(key)
+        assert revoked.value.code == "key_revoked"
+    finally:
+        await store.close()

@@ -97,7 +97,9 @@ def serve(host: str = "127.0.0.1", port: int = 8780, settings: Settings | None =
     """Bind, announce the URL on stdout, and serve until interrupted. `port=0` picks a free port."""
     settings = settings or Settings.from_env()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not the default 0: asyncio turns Nagle off only on sockets that say they are TCP, and
+    # with Nagle on every response (headers, then body) waits ~40 ms for the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)

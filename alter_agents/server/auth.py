@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from alter_agents.errors import AlterError
 from alter_agents.server.keys import ApiKeyInfo, ApiKeys, KeyRejected
-from alter_agents.server.limits import BODY_SCOPE_KEY
+from alter_agents.server.limits import BODY_SCOPE_KEY, HEADERS_SCOPE_KEY
 from alter_agents.server.nonces import NonceLedger
 from alter_agents.server.responses import error_response, plain_error
 from alter_agents.server.signing import SignatureRejected, verify
@@ -53,13 +53,15 @@ class SignedKeyBackend(AuthenticationBackend):
         self.prefix = prefix
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
-        if not conn.url.path.startswith(self.prefix):
+        scope = conn.scope
+        if not scope["path"].startswith(self.prefix):
             return None
-        api_key = conn.headers.get("x-api-key", "")
+        headers = scope[HEADERS_SCOPE_KEY]
+        api_key = headers.get("x-api-key", "")
         try:
             key = await self.keys.authenticate(api_key)
-            nonce = verify(api_key, conn.scope["method"], conn.url.path, conn.url.query, conn.headers,
-                           conn.scope[BODY_SCOPE_KEY])
+            nonce = verify(api_key, scope["method"], scope["path"], scope["query_string"].decode(), headers,
+                           scope[BODY_SCOPE_KEY])
             await self.nonces.remember(key.key_id, nonce)
         except (KeyRejected, SignatureRejected) as exc:
             raise Refused(plain_error(401, exc.code, exc.message)) from None

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import TypeVar, cast
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
@@ -20,6 +20,7 @@ from alter_agents.models import Grant
 from alter_agents.providers.binding import host_of
 from alter_agents.server.auth import ApiKeyUser
 from alter_agents.server.hosted import HostedConnect, LinkNotFound
+from alter_agents.server.limits import BODY_SCOPE_KEY
 from alter_agents.server.render import candidate, grant_item, token_response
 from alter_agents.server.responses import InvalidBody, error_response
 from alter_agents.server.wire import (
@@ -56,17 +57,23 @@ def _caller(request: Request) -> ApiKeyUser:
 
 async def _read(request: Request, model: type[M]) -> M:
     """The JSON object body as `model` (a bad body raises; the handlers answer 400 or 422)."""
+    body = request.scope.get(BODY_SCOPE_KEY)
+    if body is None:
+        body = await request.body()
     try:
-        data = json.loads(await request.body() or b"{}")
-    except ValueError:
-        raise InvalidBody("The body is not JSON; send a JSON object.") from None
-    if not isinstance(data, dict):
-        raise InvalidBody("The body must be a JSON object.")
-    return model.model_validate(data)
+        return model.model_validate_json(body or b"{}")
+    except ValidationError as exc:
+        [first, *_] = exc.errors(include_url=False)
+        if first["loc"] == () and first["type"] == "json_invalid":
+            raise InvalidBody("The body is not JSON; send a JSON object.") from None
+        if first["loc"] == () and first["type"] == "model_type":
+            raise InvalidBody("The body must be a JSON object.") from None
+        raise
 
 
-def _json(model: BaseModel, status_code: int = 200) -> JSONResponse:
-    return JSONResponse(model.model_dump(mode="json", exclude_none=True), status_code=status_code)
+def _json(model: BaseModel, status_code: int = 200) -> Response:
+    """The model as JSON, serialised by pydantic in one step (no intermediate dict, no `json.dumps`)."""
+    return Response(model.model_dump_json(exclude_none=True), status_code=status_code, media_type="application/json")
 
 
 async def token(request: Request) -> Response:

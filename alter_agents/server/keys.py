@@ -12,6 +12,8 @@ this process's `ApiKeys` stops at once.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import secrets
 import time
@@ -105,6 +107,8 @@ class ApiKeys:
         self._store = store
         self._last_touch: dict[str, float] = {}
         self._trusted: dict[str, tuple[float, ApiKeyInfo]] = {}
+        self._loading: dict[str, tuple[float, asyncio.Future[ApiKeyInfo]]] = {}
+        self._revocations = 0
 
     async def create(self, name: str | None = None, kind: KeyKind = "rk") -> tuple[str, ApiKeyInfo]:
         """Mint a key; the plaintext is returned once and never stored."""
@@ -132,6 +136,8 @@ class ApiKeys:
             raise ValueError(f"no single API key matches {key_id!r}" if not matches
                              else f"{key_id!r} matches {len(matches)} keys; give more of the id")
         self._trusted.clear()
+        self._loading.clear()
+        self._revocations += 1  # a read begun before this revocation is not cached
         async with self._store.transaction(write=True) as conn:
             await conn.execute(update(api_keys).where(api_keys.c.key_id == matches[0].key_id,
                                                       api_keys.c.revoked_at.is_(None))
@@ -143,13 +149,30 @@ class ApiKeys:
         """The active key behind `key`, or `KeyRejected`."""
         if not key:
             raise KeyRejected("invalid_key", "Send the API key in the x-api-key header.")
-        if not is_well_formed(key):
-            raise KeyRejected("invalid_key", "The API key is malformed (bad format or checksum).")
         digest = key_hash(key)
         now = time.monotonic()
         trusted = self._trusted.get(digest)
         if trusted is not None and trusted[0] > now:
-            return trusted[1]
+            return trusted[1]  # well-formed: it was checked before it was trusted
+        if not is_well_formed(key):
+            raise KeyRejected("invalid_key", "The API key is malformed (bad format or checksum).")
+        # The requests that find the entry expired together share one store read (one begun within the
+        # cache bound, so a joiner never gets an answer older than a cached one could be).
+        started, pending = self._loading.get(digest, (0.0, None))
+        if pending is None or now - started >= KEY_CACHE_SECONDS:
+            pending = asyncio.ensure_future(self._load(digest, now))
+            self._loading[digest] = (now, pending)
+            pending.add_done_callback(functools.partial(self._loaded, digest))
+        return await asyncio.shield(pending)
+
+    def _loaded(self, digest: str, done: asyncio.Future[ApiKeyInfo]) -> None:
+        if self._loading.get(digest, (0.0, None))[1] is done:
+            del self._loading[digest]
+        if not done.cancelled():
+            done.exception()  # retrieved here, so a read whose callers all left does not warn
+
+    async def _load(self, digest: str, now: float) -> ApiKeyInfo:
+        revocations = self._revocations
         async with self._store.transaction() as conn:
             row = (await conn.execute(select(api_keys).where(api_keys.c.key_hash == digest))).first()
         if row is None:
@@ -159,6 +182,8 @@ class ApiKeys:
             self._trusted.pop(digest, None)
             raise KeyRejected("key_revoked", "API key has been revoked.")
         await self._touch(info.key_id)
+        if revocations != self._revocations:
+            return info
         if len(self._trusted) >= _CACHE_MAX:
             self._trusted = {k: v for k, v in self._trusted.items() if v[0] > now}
         self._trusted[digest] = (now + KEY_CACHE_SECONDS, info)

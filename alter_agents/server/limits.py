@@ -5,12 +5,14 @@ well-formed API key and the signature headers (no store access, no HMAC: nothing
 can make expensive). The body is then read counting bytes, chunked or not, and refused the moment it
 passes the limit, so memory per request never exceeds the limit whatever the client sends. Refusals
 close the connection, so an unread body is not drained. The body is kept in the scope for the
-authentication backend (which verifies the signature over it) and replayed to the endpoint.
+authentication backend (which verifies the signature over it) and replayed to the endpoint, beside the
+headers as one dict (a signed request reads a dozen of them; Starlette's `Headers` scans the list for each).
 """
 
 from __future__ import annotations
 
-from starlette.datastructures import Headers
+from collections.abc import Mapping
+
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,6 +21,7 @@ from alter_agents.server.signing import SignatureRejected, check_headers
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 BODY_SCOPE_KEY = "alter_agents.body"
+HEADERS_SCOPE_KEY = "alter_agents.headers"
 
 
 def refusal(status: int, code: str, message: str) -> JSONResponse:
@@ -29,7 +32,12 @@ def _too_large() -> JSONResponse:
     return refusal(413, "payload_too_large", f"The request body is larger than {MAX_BODY_BYTES} bytes.")
 
 
-def _precheck(headers: Headers, limit: int) -> JSONResponse | None:
+def header_dict(scope: Scope) -> dict[str, str]:
+    """The request's headers by (lower-case) name; a repeated header counts as its first occurrence."""
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(scope["headers"])}
+
+
+def _precheck(headers: Mapping[str, str], limit: int) -> JSONResponse | None:
     declared = headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         return _too_large()
@@ -57,7 +65,8 @@ class SignedBodyLimit:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
             await self.app(scope, receive, send)
             return
-        refused = _precheck(Headers(scope=scope), self.limit)
+        headers = header_dict(scope)
+        refused = _precheck(headers, self.limit)
         if refused is not None:
             await refused(scope, receive, send)
             return
@@ -73,6 +82,7 @@ class SignedBodyLimit:
                 return
             more = message.get("more_body", False)
         scope[BODY_SCOPE_KEY] = bytes(body)
+        scope[HEADERS_SCOPE_KEY] = headers
         await self.app(scope, _replay(bytes(body), receive), send)
 
 

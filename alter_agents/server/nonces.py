@@ -3,13 +3,14 @@
 Every nonce is inserted into the shared table before its request is answered, so a replay sent to any
 replica within the skew window finds it there and is refused. What makes this cheap is group commit:
 the nonces of requests arriving together go in one `INSERT … ON CONFLICT DO NOTHING RETURNING`
-transaction (one writer turn on SQLite instead of one per request), and the rows it did not return are
-the replays. On PostgreSQL that statement runs alone (autocommit: one round trip) on connections of the
-ledger's own with `synchronous_commit = off`: it is visible to every replica at once, but a crash of
-the database server itself (not of a replica) can forget the nonces of its last ~0.6 s (three
-`wal_writer_delay`s), which could then be replayed until their timestamps leave the skew window.
-Nothing else is written on those connections. A small cache of nonces seen by
-this process refuses same-process replays without a round trip; the table stays the authority.
+statement, and the rows it did not return are the replays. That statement goes over a connection of
+the ledger's own, at driver level (`nonce_rows`); on SQLite a nonce reaching an idle ledger is written
+at once when the write lock is free, with no queue at all. On PostgreSQL the statement runs alone
+(autocommit: one round trip) with `synchronous_commit = off`: it is visible to every replica at once,
+but a crash of the database server itself (not of a replica) can forget the nonces of its last ~0.6 s
+(three `wal_writer_delay`s), which could then be replayed until their timestamps leave the skew
+window. A small cache of nonces seen by this process refuses same-process replays without a round
+trip; the table stays the authority.
 """
 
 from __future__ import annotations
@@ -17,24 +18,16 @@ from __future__ import annotations
 import asyncio
 import time
 
-from sqlalchemy import delete, text
-from sqlalchemy.dialects import sqlite
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import delete
 
+from alter_agents.server.nonce_rows import nonce_rows
 from alter_agents.server.signing import MAX_SKEW_SECONDS, SignatureRejected
 from alter_agents.vault.schema import nonces
-from alter_agents.vault.store import Store, _outage
+from alter_agents.vault.store import Store
 
 _PRUNE_EVERY = 4096
 _RECENT_MAX = 100_000
 _BATCH_MAX = 500
-# One statement whatever the batch size, so PostgreSQL prepares it once per connection.
-_PG_INSERT = text(
-    "INSERT INTO alter_nonces (nonce, key_id, seen_at) "
-    "SELECT * FROM unnest(CAST(:nonces AS text[]), CAST(:keys AS text[]), CAST(:seen AS float8[])) "
-    "ON CONFLICT (nonce) DO NOTHING RETURNING nonce"
-)
 
 
 def _replayed() -> SignatureRejected:
@@ -50,12 +43,7 @@ class NonceLedger:
         self._queued: dict[str, tuple[str, float, asyncio.Future[bool]]] = {}
         self._writer: asyncio.Task[None] | None = None
         self._since_prune = 0
-        self._engine: AsyncEngine | None = None
-        if store.dialect == "postgresql":
-            self._engine = create_async_engine(
-                store.url, pool_size=2, max_overflow=2, isolation_level="AUTOCOMMIT",
-                connect_args={"server_settings": {"synchronous_commit": "off"}},
-            )
+        self._rows = nonce_rows(store)
 
     async def remember(self, key_id: str, nonce: str) -> None:
         """Return once `nonce` is in the shared ledger; raise `replayed_nonce` if it already was."""
@@ -65,8 +53,14 @@ class NonceLedger:
         self._queued[nonce] = (key_id, time.time(), accepted)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_queued())
-        if not await asyncio.shield(accepted):
+        if not await accepted:  # a caller cancelled here leaves its row to the batch; the writer checks done()
             raise _replayed()
+
+    def _remembered(self, written: list[str]) -> None:
+        if len(self._recent) + len(written) > _RECENT_MAX:
+            self._recent.clear()
+        self._recent.update(written)
+        self._since_prune += len(written)
 
     async def _write_queued(self) -> None:
         """Write what is queued, batch after batch: requests arriving during a write join the next one."""
@@ -86,33 +80,16 @@ class NonceLedger:
                 for _key, _at, accepted in batch.values():
                     accepted.cancel()
                 raise
-            if len(self._recent) + len(batch) > _RECENT_MAX:
-                self._recent.clear()
-            self._recent.update(batch)
+            self._remembered(list(batch))
             for nonce, (_key, _at, accepted) in batch.items():
                 if not accepted.done():
                     accepted.set_result(nonce in fresh)
-            self._since_prune += len(batch)
             if self._since_prune >= _PRUNE_EVERY:
                 self._since_prune = 0
                 await self.prune()
 
     async def _insert(self, batch: dict[str, tuple[str, float, asyncio.Future[bool]]]) -> set[str]:
-        if self._engine is not None:
-            params = {"nonces": list(batch), "keys": [key for key, _at, _f in batch.values()],
-                      "seen": [at for _key, at, _f in batch.values()]}
-            for attempt in (1, 2):  # a pooled connection the database dropped fails once, then is replaced
-                try:
-                    async with self._engine.connect() as conn:
-                        return set((await conn.execute(_PG_INSERT, params)).scalars())
-                except (DBAPIError, OSError) as exc:
-                    if attempt == 2 or not (isinstance(exc, DBAPIError) and exc.connection_invalidated):
-                        raise (_outage(exc) or exc) from exc
-        rows = [{"nonce": n, "key_id": key, "seen_at": at} for n, (key, at, _f) in batch.items()]
-        async with self._store.transaction(write=True) as conn:
-            result = await conn.execute(sqlite.insert(nonces).values(rows)
-                                        .on_conflict_do_nothing(index_elements=["nonce"]).returning(nonces.c.nonce))
-            return set(result.scalars())
+        return await self._rows.insert([(nonce, key, at) for nonce, (key, at, _f) in batch.items()])
 
     async def prune(self, now: float | None = None) -> None:
         """Forget nonces older than twice the skew window: their timestamps are refused anyway."""
@@ -123,5 +100,4 @@ class NonceLedger:
     async def aclose(self) -> None:
         if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)
-        if self._engine is not None:
-            await self._engine.dispose()
+        await self._rows.aclose()

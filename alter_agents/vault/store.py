@@ -31,7 +31,7 @@ from alter_agents.vault.audit_chain import GENESIS, ChainReport
 from alter_agents.vault.crypto import make_private_dir
 from alter_agents.vault.schema import audit, connect_sessions, grants, meta
 
-_BUSY_TIMEOUT_MS = 30_000
+SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 # Grant writes made by this process, per store URL, so read caches of any Store on that URL can tell.
 _GRANT_WRITES: dict[str, int] = {}
@@ -161,7 +161,7 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
@@ -208,11 +208,12 @@ class Store:
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self._writer_turn(), self._write_transaction() as conn:
+        async with self.writer_turn(), self._write_transaction() as conn:
             yield conn
 
     @asynccontextmanager
-    async def _writer_turn(self) -> AsyncIterator[None]:
+    async def writer_turn(self) -> AsyncIterator[None]:
+        """This process's turn to write (SQLite); for a module writing through a connection of its own."""
         if self.dialect != "sqlite":
             yield  # PostgreSQL locks rows, not the database
             return
