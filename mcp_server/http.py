@@ -28,6 +28,7 @@ from alter_agents import metrics
 from alter_agents.app import App
 from alter_agents.errors import ConnectError
 from alter_agents.grant_tools import GrantTool
+from alter_agents.listen import listening_socket
 from alter_agents.sessions import Session
 from alter_agents.settings import Settings
 from alter_agents.tools import DEFAULT_CONNECT_WAIT
@@ -128,12 +129,7 @@ async def _stop_on_signal(server: uvicorn.Server) -> AsyncIterator[None]:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)  # queue clients that connect before uvicorn takes over the socket
-    return sock
+    return listening_socket(host, port)
 
 
 def _add_metrics_route(server: Any, app: App, host: str, local_token: str | None) -> None:

@@ -60,7 +60,7 @@ class RunningHttp:
 async def http_server(deployment: Deployment, session_for: Any, *, connect_wait: float = 10.0,
                       local: bool = False, **build: Any) -> AsyncIterator[RunningHttp]:
     """The real HTTP app under uvicorn on 127.0.0.1, on this test's event loop."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}"

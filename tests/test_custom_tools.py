@@ -348,7 +348,7 @@ async def test_two_users_calling_one_toolkit_concurrently_never_cross(
 @asynccontextmanager
 async def http_with_tools(d: Deployment, tools: list[GrantTool]) -> AsyncIterator[tuple[str, App]]:
     """The real streamable HTTP app (bearer JWT per request) with custom tools, under uvicorn."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     app = App(settings=replace(d.settings, public_url=url))

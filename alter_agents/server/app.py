@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from alter_agents import metrics
 from alter_agents.errors import AlterError
+from alter_agents.listen import listening_socket
 from alter_agents.server import endpoints, responses
 from alter_agents.server.auth import SignedKeyBackend, on_refused
 from alter_agents.server.hosted import HostedConnect
@@ -96,14 +97,8 @@ def create_app(vault: LocalVault | None = None, *, settings: Settings | None = N
 def serve(host: str = "127.0.0.1", port: int = 8780, settings: Settings | None = None) -> None:
     """Bind, announce the URL on stdout, and serve until interrupted. `port=0` picks a free port."""
     settings = settings or Settings.from_env()
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, not the default 0: asyncio turns Nagle off only on sockets that say they are TCP, and
-    # with Nagle on every response (headers, then body) waits ~40 ms for the client's delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    sock = listening_socket(host, port)
+    shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
     base_url = f"http://{shown}:{sock.getsockname()[1]}"
     settings = replace(settings, public_url=settings.public_url or base_url)
     app = create_app(settings=settings, host=host)
