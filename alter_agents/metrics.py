@@ -33,36 +33,36 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BOUNDS = [*map(str, LATENCY_BUCKETS), "+Inf"]  # `le` labels, written as the client library writes them
 
 
+_lock = threading.Lock()
+_calls: dict[tuple[str, str], int] = {}
+_latency: dict[str, list[float]] = {}  # per provider: a count per bucket (+Inf last), then the sum
+
+
+def count_call(provider: str | None, outcome: str) -> None:
+    """One call, by provider and outcome. The client library's counters validate and lock per update, more
+    work than the rest of a call's bookkeeping: here a call adds to plain dicts, which `_Calls` hands to
+    Prometheus at scrape time."""
+    key = (provider or "unknown", outcome)
+    with _lock:
+        _calls[key] = _calls.get(key, 0) + 1
+
+
+def observe_latency(provider: str, seconds: float) -> None:
+    at = bisect.bisect_left(LATENCY_BUCKETS, seconds)
+    with _lock:
+        counts = _latency.get(provider)
+        if counts is None:
+            counts = _latency[provider] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        counts[at] += 1
+        counts[-1] += seconds
+
+
 class _Calls(Collector):
-    """`alter_calls_total` and `alter_upstream_seconds`, counted on every call.
-
-    The client library's children validate, and take a lock per counter, on each update: more work than
-    the rest of a call's bookkeeping. Here a call adds to plain dicts under one lock, and Prometheus reads
-    them at scrape time through this collector.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._calls: dict[tuple[str, str], int] = {}
-        self._latency: dict[str, list[float]] = {}  # per provider: a count per bucket (+Inf last), then the sum
-
-    def count(self, provider: str, outcome: str) -> None:
-        key = (provider, outcome)
-        with self._lock:
-            self._calls[key] = self._calls.get(key, 0) + 1
-
-    def observe(self, provider: str, seconds: float) -> None:
-        at = bisect.bisect_left(LATENCY_BUCKETS, seconds)
-        with self._lock:
-            counts = self._latency.get(provider)
-            if counts is None:
-                counts = self._latency[provider] = [0.0] * (len(LATENCY_BUCKETS) + 2)
-            counts[at] += 1
-            counts[-1] += seconds
+    """`alter_calls_total` and `alter_upstream_seconds`, read from the counts above at scrape time."""
 
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            calls, latency = dict(self._calls), {p: list(c) for p, c in self._latency.items()}
+        with _lock:
+            calls, latency = dict(_calls), {p: list(c) for p, c in _latency.items()}
         total = CounterMetricFamily("alter_calls", "Tool and App calls by provider and outcome (ok, or the error "
                                     "code).", labels=["provider", "outcome"])
         for (provider, outcome), value in sorted(calls.items()):
@@ -76,16 +76,7 @@ class _Calls(Collector):
         yield seconds
 
 
-_CALLS = _Calls()
-REGISTRY.register(_CALLS)
-
-
-def count_call(provider: str | None, outcome: str) -> None:
-    _CALLS.count(provider or "unknown", outcome)
-
-
-def observe_latency(provider: str, seconds: float) -> None:
-    _CALLS.observe(provider, seconds)
+REGISTRY.register(_Calls())
 
 
 def metrics_enabled(setting: str | None, host: str) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -165,8 +165,8 @@ class ApiResponse(httpx.Response):
     and no query parameter carrying the credential is reachable from it.
     """
 
-    def __init__(self, status_code: int, *, headers: Mapping[str, str], content: bytes, grant: GrantRef,
-                 method: str, url: httpx.URL | str, truncated: bool = False) -> None:
+    def __init__(self, status_code: int, *, headers: Mapping[str, str] | Sequence[tuple[bytes, bytes]],
+                 content: bytes, grant: GrantRef, method: str, url: httpx.URL | str, truncated: bool = False) -> None:
         # The body is whole and already decoded: handed over as a read stream, so httpx neither passes it
         # through its decoders again nor re-derives headers the caller already set.
         self._sent = (method, url)

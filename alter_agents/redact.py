@@ -208,6 +208,18 @@ def redact_headers(items: Iterable[tuple[str, str]], secrets: Iterable[str] | No
     return headers
 
 
+def redact_raw_headers(raw: Sequence[tuple[bytes, bytes]], secrets: Iterable[str] | None = None,
+                       ) -> list[tuple[bytes, bytes]]:
+    """`redact_headers` for headers as they came off the wire (names lowercased, order and repeats kept);
+    checked without decoding them one by one, which almost never finds anything."""
+    chosen = _secrets(secrets)
+    if not chosen or not _may_hold(b"\n".join(map(b"\n".join, raw)).decode("utf-8", "replace"), chosen):
+        return [(name.lower(), value) for name, value in raw]
+    texts = [(name.decode("latin-1"), value.decode("utf-8", "surrogateescape")) for name, value in raw]
+    return [(name.encode("latin-1"), value.encode("utf-8", "surrogateescape"))
+            for name, value in redact_headers(texts, chosen).items()]
+
+
 # -- cutting at a size limit ------------------------------------------------------------------
 
 _ESCAPE_AT = re.compile(

@@ -23,7 +23,7 @@ from alter_agents.deadlines import Deadlines
 from alter_agents.errors import AlterError, HostNotAllowedError, UpstreamTimeoutError, UpstreamUnreachableError
 from alter_agents.models import ApiResponse, ReleasedCredential
 from alter_agents.providers.binding import check_destination, host_of, is_loopback, refuse_caller_parts
-from alter_agents.redact import REDACTED, cut, redact_bytes, redact_headers, redact_text
+from alter_agents.redact import REDACTED, cut, redact_bytes, redact_raw_headers, redact_text
 
 __all__ = ["REDACTED", "Upstream", "check_destination", "is_loopback"]
 
@@ -32,6 +32,7 @@ log = logging.getLogger("alter_agents.upstream")
 MAX_REDIRECTS = 5
 DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 _REDIRECTS = {301, 302, 303, 307, 308}
+_RECOMPUTED = (b"content-encoding", b"content-length")  # the body handed back is decoded, maybe redacted or cut
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 
 
@@ -207,9 +208,8 @@ class Upstream:
         content = redact_bytes(b"".join(chunks), secrets)
         if truncated or len(content) > limit:
             content, truncated = cut(content, limit, secrets), True
-        headers = redact_headers(response.headers.multi_items(), secrets)
-        headers.pop("content-encoding", None)
-        headers["content-length"] = str(len(content))  # of the body as returned: decoded, redacted, cut
+        headers = [h for h in redact_raw_headers(response.headers.raw, secrets) if h[0] not in _RECOMPUTED]
+        headers.append((b"content-length", str(len(content)).encode()))  # of the body as returned: decoded, cut
         api = ApiResponse(
             response.status_code, headers=headers, content=content, truncated=truncated,
             grant=credential.grant.ref(), method=response.request.method,
