@@ -137,6 +137,20 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:8.3f} ms"
 
 
+def run_counted(doc: str, main: Callable[[Bench, int], object], calls: int) -> None:
+    """The command line of a callgrind benchmark: `--calls`, and valgrind checked for first."""
+    import argparse
+    import shutil
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=calls)
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        sys.exit("valgrind (with callgrind_control) is needed: apt-get install valgrind")
+    with bench_vault() as bench:
+        main(bench, args.calls)
+
+
 def verdict(ok: bool) -> str:
     return "MET" if ok else "MISSED"
 

@@ -15,14 +15,12 @@ grant cache) is stretched by the same factor (`BENCH_TIME_SCALE`) to keep it per
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench._common import ROOT, Bench, bench_vault, env_with, mcp_server_process, verdict
+from bench._common import ROOT, Bench, env_with, mcp_server_process, run_counted, verdict
 
 VALGRIND_SLOWDOWN = "50"
 
@@ -103,10 +101,4 @@ def main(bench: Bench, calls: int) -> bool:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=100)
-    args = parser.parse_args()
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
-        sys.exit("valgrind (with callgrind_control) is needed: apt-get install valgrind")
-    with bench_vault() as b:
-        main(b, args.calls)
+    run_counted(__doc__ or "", main, 100)

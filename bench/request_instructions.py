@@ -11,16 +11,14 @@ writer flushes every 0.5 s, off the request path). The local API's own work is i
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench._common import ROOT, Bench, bench_vault, env_with
+from bench._common import ROOT, Bench, env_with, run_counted
 
 
 def _counts(bench: Bench, calls: int, flush: bool) -> dict[str, float]:
@@ -54,10 +52,4 @@ def main(bench: Bench, calls: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=200)
-    args = parser.parse_args()
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
-        sys.exit("valgrind (with callgrind_control) is needed: apt-get install valgrind")
-    with bench_vault() as b:
-        main(b, args.calls)
+    run_counted(__doc__ or "", main, 200)

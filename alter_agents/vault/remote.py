@@ -41,7 +41,7 @@ from alter_agents.models import (
     ReleasedCredential,
 )
 from alter_agents.providers import Providers, ProviderSpec
-from alter_agents.providers.binding import entry_for, is_loopback
+from alter_agents.providers.binding import entry_for, is_loopback, parse_url
 from alter_agents.server.keys import is_well_formed
 from alter_agents.server.signing import sign
 from alter_agents.server.wire import (
@@ -197,7 +197,7 @@ class RemoteVault:
             known: ProviderSpec | None = self.providers.get(token.provider_id)
         except AlterError:
             known = None
-        parsed = httpx.URL(url)
+        parsed = parse_url(url)
         hosts = tuple(known.hosts) if known else (entry_for(parsed),)
         allow_http = known.allow_http if known else parsed.scheme == "http" and is_loopback(parsed.host)
         now = datetime.now(UTC)
@@ -218,7 +218,7 @@ class RemoteVault:
         Our server takes them in batches (see `remote_audit`); another server gets one post per call.
         """
         body = {"grant_id": grant.grant_id, "provider_id": grant.provider, "method": method.upper(),
-                "url": str(httpx.URL(url).copy_with(query=None)), "response_status": status or 0,
+                "url": str(parse_url(url).copy_with(query=None)), "response_status": status or 0,
                 "latency_ms": int(latency_ms or 0)}
         if correlation is not None:  # the official protocol's optional run/thread/trace tags
             body.update({k: v for k, v in correlation.audit_fields().items()
