@@ -76,14 +76,20 @@ class JWTVerifier:
         self._refetched_at: float | None = None
         self._lock = anyio.Lock()
         self._verified: dict[bytes, tuple[float, Identity]] = {}
+        self._last: tuple[str, float, Identity] | None = None
 
     async def verify(self, token: str) -> Identity:
+        last = self._last
+        if last is not None and last[0] is token and last[1] > time.time():
+            return last[2]  # the very string verified last (an App's token, reused call after call): no hashing
         digest = hashlib.sha256(token.encode()).digest()
         remembered = self._verified.get(digest)
         if remembered is not None and remembered[0] > time.time():
+            self._last = (token, remembered[0], remembered[1])
             return remembered[1]
         identity = await self._verify(token)
         self._remember(digest, float(identity.claims["exp"]), identity)
+        self._last = (token, float(identity.claims["exp"]), identity)
         return identity
 
     def _remember(self, digest: bytes, expires_at: float, identity: Identity) -> None:
@@ -161,7 +167,7 @@ class JWTVerifier:
                 raise UnauthenticatedError(
                     f"Could not load the identity provider's signing keys: {exc}", retryable=True
                 ) from None
-            self._verified = {}
+            self._verified, self._last = {}, None  # verified with keys that may be gone: check again
             self._keys = {k.key_id: k for k in jwks.keys if k.key_id}
             if not self._keys and jwks.keys:
                 self._keys = {"": jwks.keys[0]}

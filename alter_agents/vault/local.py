@@ -175,11 +175,13 @@ class LocalVault:
         if not provider:
             raise InvalidArgumentsError("Name the provider (or pass a grant id) so a grant can be chosen.")
         self.providers.get(provider)
-        owners = identity.owners() if identity else [str(APP)]
         candidates = await self._grant_cache.get(
-            ("owners", tuple(owners), provider),
-            lambda: self.store.list_grants(owners, provider, statuses=("active", "needs_reauth")),
+            ("owners", identity.sub, identity.groups, provider) if identity else ("owners", provider),
+            lambda: self.store.list_grants(identity.owners() if identity else [str(APP)], provider,
+                                           statuses=("active", "needs_reauth")),
         )
+        if len(candidates) == 1 and not account and not label:
+            return candidates[0]  # the common case: one account on this provider (listed active or needs_reauth)
         by_id = {c.grant.grant_id: c for c in candidates}
         chosen = choose([c.grant for c in candidates], provider, account, label)
         return by_id[chosen.grant_id]
@@ -209,10 +211,10 @@ class LocalVault:
         stored = await self.resolve(provider=provider, identity=identity, account=account, label=label,
                                     grant_id=grant_id)
         principal = f"user:{identity.sub}" if identity else None
-        spec = self.providers.get(stored.grant.provider)
-        check_destination(url, spec.name, spec.hosts, spec.allow_http)
         decision = None
         if not self.gate.policy.empty:
+            spec = self.providers.get(stored.grant.provider)
+            check_destination(url, spec.name, spec.hosts, spec.allow_http)  # a refused host asks nobody
             decision = await self.gate.check(
                 stored.grant, principals=identity.owners() if identity else [stored.grant.owner],
                 principal=principal or stored.grant.owner, method=method, url=url, approver=approver, scope=scope,
