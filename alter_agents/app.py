@@ -164,7 +164,7 @@ class App:
             token = user_token or await self.user_token(None)
             if not provider and not call.grant_id:
                 provider = self.infer_provider(call.url)
-            if provider:  # refused before anything is released; `Upstream.send` checks again for grant ids
+            if provider:  # refused before anything is released; `Upstream.send` checks calls by grant id
                 refuse_caller_parts(self.providers.get(provider).inject.to_injection(), call.headers, call.query,
                                     call.url)
             with telemetry.span("alter.resolve", provider=provider, grant_id=call.grant_id):
@@ -176,7 +176,7 @@ class App:
             if current is not None:
                 telemetry.set_attributes(current, provider=grant.provider, account=grant.account,
                                          grant_id=grant.grant_id)
-            response = await self._send(call, credential, current)
+            response = await self._send(call, credential, current, checked=bool(provider))
         except AlterError as exc:
             metrics.count_call(exc.data.get("provider") or provider, exc.code)
             if current is not None:
@@ -185,14 +185,15 @@ class App:
         metrics.count_call(grant.provider, "ok")
         return response
 
-    async def _send(self, call: _Call, credential: ReleasedCredential, current: Span | None) -> ApiResponse:
+    async def _send(self, call: _Call, credential: ReleasedCredential, current: Span | None, *,
+                    checked: bool) -> ApiResponse:
         """The outgoing call, audited whatever happens to it; a missing permission raises after the audit."""
         grant, spec = credential.grant, self.providers.get(credential.grant.provider)
         try:
             with telemetry.span("alter.upstream", method=call.method.upper(), provider=grant.provider) as upstream:
                 response, latency = await self.upstream.send(
                     credential, call.method, call.url, query=call.query, headers=call.headers, json=call.json,
-                    content=call.content,
+                    content=call.content, checked=checked,
                     extra_headers=telemetry.outgoing_trace_headers() if current and spec.propagate_trace else None,
                 )
                 if current is not None:

@@ -78,16 +78,19 @@ class Upstream:
         json: Any = None,
         content: bytes | str | None = None,
         extra_headers: Mapping[str, str] | None = None,
+        checked: bool = False,
     ) -> tuple[ApiResponse, float]:
         """Send the call with the credential; returns the redacted response and latency in ms.
 
         `extra_headers` come from us, not the caller (W3C trace context for providers that opt in), so
-        they are added after the caller's headers were checked.
+        they are added after the caller's headers were checked. `checked` says the caller already refused
+        credential and framing parts for this credential's injection (`App` does, before the release).
 
         The deadline covers connecting, sending, every redirect and reading the whole body."""
         failure: AlterError
         try:
-            refuse_caller_parts(credential.injection, headers, query, url)
+            if not checked:
+                refuse_caller_parts(credential.injection, headers, query, url)
             if extra_headers:
                 headers = {**(headers or {}), **extra_headers}
             with self._deadlines():
