@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import errno
-import functools
 import getpass
 import json
 import logging
@@ -17,6 +15,7 @@ import anyio
 import click
 
 from alter_agents.app import App
+from alter_agents.cli_common import cell, emit, json_option, run
 from alter_agents.cli_errors import BoundaryGroup, CliFailure
 from alter_agents.errors import ConnectTimeoutError
 from alter_agents.models import ConnectStart, Principal
@@ -29,47 +28,10 @@ T = TypeVar("T")
 MIN_PREFIX = 8  # characters of an id a prefix must give before it may stand for the whole id
 
 
-def _run(func: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
-    """Run an async command; failures (and Ctrl-C) are reported by the group's error boundary."""
-
-    @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
-        asyncio.run(func(*args, **kwargs))
-
-    return wrapper
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, list | tuple):
-        return ",".join(str(v) for v in value) or "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return str(value)
-
-
-def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    if not rows:
-        return "(none)"
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _emit(rows: list[dict[str, Any]], columns: Sequence[str], as_json: bool) -> None:
-    click.echo(json.dumps(rows, indent=2, default=str) if as_json else _table(rows, columns))
-
-
 def _configure_logging(verbose: int) -> None:
     """Library loggers (httpx's per-request INFO lines among them) stay quiet unless asked for with -v."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s", force=True)
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output (errors too).")
 
 
 @click.group(cls=BoundaryGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -94,7 +56,7 @@ def main(ctx: click.Context, verbose: int) -> None:
 @click.option("--device", is_flag=True,
               help="Sign in with a code on any other device (SSH, containers, no browser here).")
 @json_option
-@_run
+@run
 async def connect(provider: str, label: str | None, no_browser: bool, timeout: float, device: bool,
                   as_json: bool) -> None:
     """Link a PROVIDER account through OAuth in your browser (or with --device, from any other device)."""
@@ -139,7 +101,7 @@ def where(as_json: bool) -> None:
         return
     width = max(len(k) for k in info)
     for name, value in info.items():
-        click.echo(f"{name.ljust(width)}  {_cell(value)}")
+        click.echo(f"{name.ljust(width)}  {cell(value)}")
 
 
 def _show_device_code(start: ConnectStart) -> None:
@@ -167,7 +129,7 @@ def grants() -> None:
 @grants.command("list")
 @click.option("--provider", help="Only this provider.")
 @json_option
-@_run
+@run
 async def grants_list(provider: str | None, as_json: bool) -> None:
     """Every grant in the vault (never the secrets)."""
     vault = LocalVault()
@@ -176,7 +138,7 @@ async def grants_list(provider: str | None, as_json: bool) -> None:
     finally:
         await vault.aclose()
     rows = [g.model_dump(mode="json") for g in found]
-    _emit(rows, ["grant_id", "provider", "account", "label", "owner", "status", "scopes"], as_json)
+    emit(rows, ["grant_id", "provider", "account", "label", "owner", "status", "scopes"], as_json)
 
 
 def _one_by_prefix(ids: Sequence[str], given: str, what: str) -> str:
@@ -197,7 +159,7 @@ def _one_by_prefix(ids: Sequence[str], given: str, what: str) -> str:
 
 @grants.command("revoke")
 @click.argument("grant_id")
-@_run
+@run
 async def grants_revoke(grant_id: str) -> None:
     """Revoke GRANT_ID (or a unique prefix of it, 8 characters or more) and wipe its stored credential."""
     vault = LocalVault()
@@ -225,7 +187,7 @@ def secrets() -> None:
 @click.option("--account", required=True, help="The account identifier the secret belongs to.")
 @click.option("--label", help="A name for this account.")
 @json_option
-@_run
+@run
 async def secrets_add(provider: str, owner: str, account: str, label: str | None, as_json: bool) -> None:
     """Add a secret for PROVIDER. The value is read from stdin or a hidden prompt, never from argv."""
     principal = Principal.parse(owner)
@@ -252,7 +214,7 @@ async def secrets_add(provider: str, owner: str, account: str, label: str | None
 @secrets.command("list")
 @click.option("--provider", help="Only this provider.")
 @json_option
-@_run
+@run
 async def secrets_list(provider: str | None, as_json: bool) -> None:
     """The stored secrets' grants (never the secrets)."""
     vault = LocalVault()
@@ -261,12 +223,12 @@ async def secrets_list(provider: str | None, as_json: bool) -> None:
     finally:
         await vault.aclose()
     rows = [g.model_dump(mode="json") for g in found]
-    _emit(rows, ["grant_id", "provider", "account", "label", "owner", "status", "updated_at"], as_json)
+    emit(rows, ["grant_id", "provider", "account", "label", "owner", "status", "updated_at"], as_json)
 
 
 @main.command()
 @json_option
-@_run
+@run
 async def providers(as_json: bool) -> None:
     """The providers this vault knows."""
     vault = LocalVault()
@@ -280,7 +242,7 @@ async def providers(as_json: bool) -> None:
         await vault.aclose()
     if not as_json:
         rows = [{**r, "configured": "yes" if r["configured"] else "no client id"} for r in rows]
-    _emit(rows, ["provider", "kind", "hosts", "configured"], as_json)
+    emit(rows, ["provider", "kind", "hosts", "configured"], as_json)
 
 
 @main.group()
@@ -332,7 +294,7 @@ def _key_row(info: Any) -> dict[str, Any]:
 @click.option("--name", help="What the key is for, e.g. the service that uses it.")
 @click.option("--admin", is_flag=True, help="An admin key: may also export the audit log (alter_ak_…).")
 @json_option
-@_run
+@run
 async def keys_create(name: str | None, admin: bool, as_json: bool) -> None:
     """Mint an API key. It is shown once; the vault keeps only its hash."""
     key, info = await _with_keys(lambda api: api.create(name, kind="ak" if admin else "rk"))
@@ -345,16 +307,16 @@ async def keys_create(name: str | None, admin: bool, as_json: bool) -> None:
 
 @keys.command("list")
 @json_option
-@_run
+@run
 async def keys_list(as_json: bool) -> None:
     """Every API key (never the key itself)."""
     found = await _with_keys(lambda api: api.list())
-    _emit([_key_row(k) for k in found], ["key_id", "name", "hint", "status", "created_at", "last_used_at"], as_json)
+    emit([_key_row(k) for k in found], ["key_id", "name", "hint", "status", "created_at", "last_used_at"], as_json)
 
 
 @keys.command("revoke")
 @click.argument("key_id")
-@_run
+@run
 async def keys_revoke(key_id: str) -> None:
     """Revoke KEY_ID (or a unique prefix of it, 8 characters or more); its requests are refused at once."""
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from alter_agents.cli import _emit, _run, json_option
+from alter_agents.cli_common import emit, json_option, run
 from alter_agents.cli_errors import CliFailure
 from alter_agents.vault.audit_ledger import AuditFilter
 from alter_agents.vault.local import LocalVault
@@ -74,7 +74,7 @@ def audit(ctx: click.Context, since: str | None, until: str | None, user: str | 
     _list(where, "json" if as_json else (fmt or "table"))
 
 
-@_run
+@run
 async def _list(where: AuditFilter, fmt: str) -> None:
     vault = LocalVault()
     try:
@@ -91,13 +91,13 @@ async def _list(where: AuditFilter, fmt: str) -> None:
         writer.writerows(rows)
         click.echo(out.getvalue(), nl=False)
     else:
-        _emit(rows, _TABLE, fmt == "json")
+        emit(rows, _TABLE, fmt == "json")
 
 
 @audit.command("prune")
 @click.option("--before", help="Delete rows older than this (ISO date/time or a span back from now, e.g. 90d).")
 @json_option
-@_run
+@run
 async def prune(before: str | None, as_json: bool) -> None:
     """Delete old audit rows (retention); without --before, ALTER_AUDIT_RETENTION_DAYS decides."""
     days = os.environ.get("ALTER_AUDIT_RETENTION_DAYS")
@@ -126,7 +126,7 @@ async def prune(before: str | None, as_json: bool) -> None:
 
 @audit.command("verify")
 @json_option
-@_run
+@run
 async def verify(as_json: bool) -> None:
     """Check the hash chain: report the first row that was changed, removed or inserted."""
     vault = LocalVault()
