@@ -12,7 +12,6 @@ from __future__ import annotations
 import hmac
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from alter_agents.listen import listening_socket
 from alter_agents.server.signing import SignatureRejected, verify
 
 
@@ -49,10 +49,7 @@ def build(api_key: str, template: dict[str, object]) -> Starlette:
 def main() -> None:
     template = json.loads(Path(sys.argv[1]).read_text("utf-8"))
     app = build(os.environ["BENCH_BARE_KEY"], template)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # as `vault serve`: Nagle off
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(2048)
+    sock = listening_socket("127.0.0.1", 0)  # as `vault serve` listens: Nagle off
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     print(f"bare vault listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     anyio.run(uvicorn.Server(config).serve, [sock])

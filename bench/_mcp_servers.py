@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 from dataclasses import replace
 from typing import Any
@@ -23,6 +22,8 @@ import uvicorn
 from mcp.server import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
+
+from alter_agents.listen import listening_socket
 
 
 def _bare(token: str, port: int) -> Starlette:
@@ -59,9 +60,7 @@ def _ours(port: int) -> Starlette:
 
 
 async def _serve(kind: str, token: str) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(2048)
+    sock = listening_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     asgi = _ours(port) if kind == "ours" else _bare(token, port)
     server = uvicorn.Server(uvicorn.Config(asgi, log_level="warning", access_log=False))

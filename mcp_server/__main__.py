@@ -22,13 +22,14 @@ from click.core import ParameterSource
 from alter_agents.app import App
 from alter_agents.errors import AlterError
 from alter_agents.grant_tools import GrantTool, load_grant_tools
+from alter_agents.listen import listening_socket
 from alter_agents.sessions import GrantSession, LocalSession, Session, UserSession
 from alter_agents.settings import Settings
 from alter_agents.tools import DEFAULT_CONNECT_WAIT
 from alter_agents.vault.local import LocalVault
 from mcp_server.auth import session_jwt
 from mcp_server.edges import DEFAULT_SESSIONS_PER_USER, REPLICA_ID
-from mcp_server.http import HttpServer, bind, build_http, serve_http
+from mcp_server.http import HttpServer, build_http, serve_http
 from mcp_server.server import build_server
 from mcp_server.stdio import serve_stdio
 
@@ -188,7 +189,7 @@ def _check_options(ctx: click.Context, transport: str, host: str, allow_remote: 
 
 def _listen(host: str, port: int) -> socket.socket:
     try:
-        return bind(host, port)
+        return listening_socket(host, port)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             reason = f"port {port} is already in use (choose another --port, or 0 for a free one)"

@@ -28,7 +28,6 @@ from alter_agents import metrics
 from alter_agents.app import App
 from alter_agents.errors import ConnectError
 from alter_agents.grant_tools import GrantTool
-from alter_agents.listen import listening_socket
 from alter_agents.sessions import Session
 from alter_agents.settings import Settings
 from alter_agents.tools import DEFAULT_CONNECT_WAIT
@@ -126,10 +125,6 @@ async def _stop_on_signal(server: uvicorn.Server) -> AsyncIterator[None]:
                 yield
             finally:
                 tg.cancel_scope.cancel()
-
-
-def bind(host: str, port: int) -> socket.socket:
-    return listening_socket(host, port)
 
 
 def _add_metrics_route(server: Any, app: App, host: str, local_token: str | None) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -17,6 +16,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
 
 from alter_agents import App
+from alter_agents.listen import listening_socket
 from alter_agents.models import ConnectResult
 from alter_agents.sessions import Session
 from mcp_server.http import HttpServer, build_http
@@ -60,8 +60,7 @@ class RunningHttp:
 async def http_server(deployment: Deployment, session_for: Any, *, connect_wait: float = 10.0,
                       local: bool = False, **build: Any) -> AsyncIterator[RunningHttp]:
     """The real HTTP app under uvicorn on 127.0.0.1, on this test's event loop."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
+    sock = listening_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     settings = replace(deployment.settings, public_url=url)

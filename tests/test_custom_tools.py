@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -32,6 +31,7 @@ from pydantic import BaseModel, Field
 from alter_agents import App, GrantContext, GrantSession, GrantTool, LocalSession, UserSession, grant_tool
 from alter_agents.grant_tools import load_grant_tools
 from alter_agents.langchain import AlterToolkit, user_config
+from alter_agents.listen import listening_socket
 from alter_agents.models import ToolErrorPayload
 from alter_agents.sessions import Session
 from mcp_server import build_server
@@ -348,8 +348,7 @@ async def test_two_users_calling_one_toolkit_concurrently_never_cross(
 @asynccontextmanager
 async def http_with_tools(d: Deployment, tools: list[GrantTool]) -> AsyncIterator[tuple[str, App]]:
     """The real streamable HTTP app (bearer JWT per request) with custom tools, under uvicorn."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
+    sock = listening_socket("127.0.0.1", 0)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     app = App(settings=replace(d.settings, public_url=url))
     http = build_http(app, UserSession(session_jwt), host="127.0.0.1", port=sock.getsockname()[1], public_url=url,

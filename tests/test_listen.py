@@ -7,7 +7,6 @@ import socket
 import time
 
 from alter_agents.listen import listening_socket
-from mcp_server.http import bind
 
 
 async def test_accepted_connections_have_nagle_off_and_answer_without_the_delayed_ack_wait() -> None:
@@ -39,7 +38,7 @@ async def test_accepted_connections_have_nagle_off_and_answer_without_the_delaye
 
 
 def test_the_mcp_server_and_the_vault_server_share_it() -> None:
-    sock = bind("127.0.0.1", 0)
+    sock = listening_socket("127.0.0.1", 0)
     try:
         assert sock.proto == socket.IPPROTO_TCP
     finally:

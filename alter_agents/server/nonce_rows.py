@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from alter_agents.errors import VaultUnavailableError
 from alter_agents.vault.schema import nonces
-from alter_agents.vault.store import SQLITE_BUSY_TIMEOUT_MS, Store, _outage
+from alter_agents.vault.store import SQLITE_BUSY_TIMEOUT_MS, Store, unavailable_error
 
 Row = tuple[str, str, float]  # nonce, key id, seen at
 _PG_INSERT = (
@@ -84,7 +84,7 @@ class PostgresRows:
             try:
                 conn = await self._engine.connect()
             except (DBAPIError, OSError) as exc:
-                raise (_outage(exc) or exc) from exc
+                raise (unavailable_error(exc) or exc) from exc
             self._driver = (await conn.get_raw_connection()).driver_connection
             self._conn = conn
         return self._driver

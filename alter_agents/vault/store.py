@@ -232,7 +232,7 @@ class Store:
                 async with conn.begin():
                     yield conn
         except (DBAPIError, OSError) as exc:
-            if (outage := _outage(exc)) is None:
+            if (outage := unavailable_error(exc)) is None:
                 raise
             raise outage from exc
 
@@ -242,7 +242,7 @@ class Store:
             async with self.engine.connect() as conn, conn.begin():
                 yield conn
         except (DBAPIError, OSError) as exc:
-            if (outage := _outage(exc)) is None:
+            if (outage := unavailable_error(exc)) is None:
                 raise
             raise outage from exc
 
@@ -549,7 +549,7 @@ class Store:
         async with self._read() as conn:
             return await audit_ledger.verify(conn, self.audit_key)
 
-def _outage(exc: DBAPIError | OSError) -> VaultUnavailableError | None:
+def unavailable_error(exc: DBAPIError | OSError) -> VaultUnavailableError | None:
     """A database that is down, restarting or unreachable becomes a typed, retryable error; bugs stay as they are."""
     if isinstance(exc, DBAPIError):
         state = str(getattr(exc.orig, "pgcode", None) or getattr(exc.orig, "sqlstate", None) or "")
